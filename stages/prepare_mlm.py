@@ -1,0 +1,43 @@
+"""prepare_mlm: sentencepiece model on the corpus' train split, then fairseq-preprocess --only-source.
+
+Writes data/bin/mlm/: spm.model, dict.txt (every sentencepiece piece; shared with GLUE), {train,valid,test}.{bin,idx}, caps.json.
+Blank lines are dropped: with --sample-break-mode complete each line is a sample boundary.
+"""
+import tempfile
+from pathlib import Path
+
+from stages.lib import (DataError, atomic_dir, cap, encode_pieces, fairseq_preprocess, load_params, log,
+                        read_lines, run_stage, train_sentencepiece, write_fairseq_dict, write_json)
+
+OUT = Path("data/bin/mlm")
+
+
+def main(argv):
+    params = load_params()
+    cfg = params.prepare_mlm
+    raw = Path("data/raw") / params.data.corpus
+    splits = {}
+    for split in ("train", "valid", "test"):
+        lines = [line.strip() for line in read_lines(raw / f"{split}.txt") if line.strip()]
+        if not lines:
+            raise DataError(raw / f"{split}.txt", "no non-blank lines")
+        splits[split] = lines
+    available = len(splits["train"])
+    splits["train"] = cap(splits["train"], cfg.max_train_lines)
+
+    with atomic_dir(OUT) as out, tempfile.TemporaryDirectory() as tmp:
+        sp = train_sentencepiece(splits["train"], out / "spm", cfg.vocab_size, cfg.model_type)
+        pieces = {s: encode_pieces(sp, lines, Path(tmp) / f"{s}.spm") for s, lines in splits.items()}
+        log(f"encoded {pieces} pieces; binarizing")
+        fairseq_preprocess(out, ["--only-source", "--srcdict", write_fairseq_dict(sp, Path(tmp) / "dict.txt"),
+                                 "--trainpref", f"{tmp}/train.spm",
+                                 "--validpref", f"{tmp}/valid.spm", "--testpref", f"{tmp}/test.spm"])
+        write_json(out / "caps.json", {
+            "corpus": params.data.corpus, "max_train_lines": cfg.max_train_lines,
+            "train_lines_available": available, "lines": {s: len(v) for s, v in splits.items()},
+            "pieces": pieces, "vocab_size": sp.get_piece_size()})
+    log(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

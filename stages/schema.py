@@ -1,0 +1,135 @@
+"""The schema of params.yaml. Every stage validates the whole file before doing any work, so a typo
+fails fast with the key's full path instead of hours into a run."""
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileSpec(Strict):
+    url: str = Field(pattern=r"^(https?|file)://")
+    # sha256 is the rule; md5 only where no public sha256 exists (recorded upstream by sacrebleu).
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+
+    @model_validator(mode="after")
+    def _one_checksum(self):
+        if (self.sha256 is None) == (self.md5 is None):
+            raise ValueError("give exactly one of sha256 (preferred) or md5")
+        return self
+
+
+class Source(Strict):
+    file: str                           # a key of the dataset's `files` (may contain {lang})
+    # path inside a zip/tar archive; may contain {lang}, or map each language to its own member
+    member: str | dict[str, str] | None = None
+    cleanup: Literal["fastai_csv"] | None = None
+
+
+class Dataset(Strict):
+    kind: Literal["corpus", "glue", "parallel"]
+    files: dict[str, FileSpec] = Field(min_length=1)
+    splits: dict[str, list[Source]] = Field(min_length=1)
+    # glue only
+    header: bool | None = None
+    columns: dict[Literal["sentence1", "sentence2", "label"], str | int] | None = None
+    labels: list[str] | Literal["regression"] | None = None
+    # parallel only
+    languages: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _kind_fields(self):
+        glue_fields = {"header": self.header, "columns": self.columns, "labels": self.labels}
+        if self.kind == "glue":
+            missing = [k for k, v in glue_fields.items() if v is None]
+            if missing:
+                raise ValueError(f"kind 'glue' needs {missing}")
+            if not {"sentence1", "label"} <= set(self.columns):
+                raise ValueError("glue columns need at least sentence1 and label")
+            want = str if self.header else int
+            bad = [k for k, v in self.columns.items() if not isinstance(v, want)]
+            if bad:
+                raise ValueError(f"columns {bad} must be {'header names' if self.header else '0-based field numbers'}"
+                                 f" because header is {self.header}")
+            if "train" not in self.splits or len(self.splits) < 2:
+                raise ValueError("glue splits need 'train' and at least one dev split")
+        elif any(v is not None for v in glue_fields.values()):
+            raise ValueError(f"header/columns/labels are for kind 'glue', not '{self.kind}'")
+        if self.kind == "parallel" and not self.languages:
+            raise ValueError("kind 'parallel' needs languages")
+        if self.kind != "parallel" and self.languages is not None:
+            raise ValueError("languages are for kind 'parallel'")
+        if self.kind in ("corpus", "parallel") and not {"train", "valid", "test"} <= set(self.splits):
+            raise ValueError(f"kind '{self.kind}' needs splits train, valid and test")
+        langs = self.languages or [None]
+        for split, sources in self.splits.items():
+            for src in sources:
+                for lang in langs:
+                    name = src.file.format(lang=lang) if lang else src.file
+                    if name not in self.files:
+                        raise ValueError(f"splits.{split}: file '{name}' is not in files {sorted(self.files)}")
+        return self
+
+
+class Translation(Strict):
+    dataset: str
+    source: str
+    target: str
+
+
+class Data(Strict):
+    corpus: str
+    glue_tasks: list[str] = Field(min_length=1)
+    translation: Translation
+
+
+Cap = int | None
+
+
+class PrepareMlm(Strict):
+    vocab_size: int = Field(ge=100, le=256_000)
+    model_type: Literal["unigram", "bpe"]
+    max_train_lines: Cap = Field(default=None, ge=1)
+
+
+class PrepareGlue(Strict):
+    max_train_examples: Cap = Field(default=None, ge=1)
+    max_dev_examples: Cap = Field(default=None, ge=1)
+
+
+class PrepareMt(Strict):
+    vocab_size: int = Field(ge=100, le=256_000)
+    model_type: Literal["unigram", "bpe"]
+    max_train_pairs: Cap = Field(default=None, ge=1)
+
+
+class Params(Strict):
+    data: Data
+    prepare_mlm: PrepareMlm
+    prepare_glue: PrepareGlue
+    prepare_mt: PrepareMt
+    datasets: dict[str, Dataset]
+
+    @model_validator(mode="after")
+    def _selected_datasets_exist(self):
+        def need(key, name, kind):
+            if name not in self.datasets:
+                raise ValueError(f"{key}: '{name}' is not a dataset; known: {sorted(self.datasets)}")
+            if self.datasets[name].kind != kind:
+                raise ValueError(f"{key}: '{name}' is a {self.datasets[name].kind} dataset, expected {kind}")
+
+        need("data.corpus", self.data.corpus, "corpus")
+        for i, task in enumerate(self.data.glue_tasks):
+            need(f"data.glue_tasks.{i}", task, "glue")
+        tr = self.data.translation
+        need("data.translation.dataset", tr.dataset, "parallel")
+        langs = self.datasets[tr.dataset].languages
+        for side in ("source", "target"):
+            if getattr(tr, side) not in langs:
+                raise ValueError(f"data.translation.{side}: '{getattr(tr, side)}' is not one of {langs}")
+        if tr.source == tr.target:
+            raise ValueError("data.translation: source and target must differ")
+        return self

@@ -1,0 +1,136 @@
+"""Shared fixtures: a tiny data mirror made here, and a project directory whose params.yaml is the real
+one with the catalog pointed at that mirror (so tests follow the real schema and dvc.yaml)."""
+import gzip
+import hashlib
+import io
+import random
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MIRROR = REPO.parent / "shared" / "data"   # CI's offline mirror of the real datasets
+UNREACHABLE = "http://127.0.0.1:9"                # discard port: nothing answers, so only the mirror works
+
+WORDS = ("the a cat dog bird sat ran flew on under over mat house tree river red green big small "
+         "old young sings sleeps quickly slowly near far").split()
+
+
+def sentence(rng, lo=4, hi=12):
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def gz(path: Path, lines):
+    path.write_bytes(gzip.compress("".join(x + "\n" for x in lines).encode(), mtime=0))
+
+
+def fastai_csv_article(title, paragraphs):
+    """An article as the fastai re-export of WikiText-2 stores it (see ../shared/data/SOURCES.md)."""
+    body = [f" = {title} = ", " "] + [f" {p} " for p in paragraphs]
+    return ['" '] + [line.replace('"', '""') for line in body] + ['"']
+
+
+def build_mirror(root: Path) -> dict:
+    """Write a tiny mirror in the layout of ../shared/data; return the matching `datasets` catalog."""
+    rng = random.Random(0)
+    files = {}
+
+    def entry(dataset, name):
+        path = root / dataset / name
+        return {"url": f"{UNREACHABLE}/{dataset}/{name}", "sha256": sha256(path)}
+
+    # masked-LM corpus: train inside a fastai-style zip, valid/test as plain text
+    (root / "wikitext2").mkdir(parents=True)
+    lines = []
+    for a in range(40):
+        paras = [sentence(rng, 20, 40) + (' with "quoted" words' if a % 7 == 0 else "") for _ in range(6)]
+        lines += fastai_csv_article(f"Article {a}", paras)
+    with zipfile.ZipFile(root / "wikitext2" / "wikitext-2-v1.zip", "w") as z:
+        z.writestr("wikitext-2/wiki.train.tokens", "\n".join(lines) + "\n")
+    for split in ("valid", "test"):
+        (root / "wikitext2" / f"{split}.txt").write_text(
+            "".join(f" = Title = \n \n {sentence(rng, 20, 40)} \n" for _ in range(10)))
+    files["wikitext2"] = {"kind": "corpus",
+                          "files": {n: entry("wikitext2", n) for n in ("wikitext-2-v1.zip", "valid.txt", "test.txt")},
+                          "splits": {"train": [{"file": "wikitext-2-v1.zip", "member": "wikitext-2/wiki.train.tokens",
+                                                "cleanup": "fastai_csv"}],
+                                     "valid": [{"file": "valid.txt"}], "test": [{"file": "test.txt"}]}}
+
+    # GLUE: a single-sentence task whose label is trivially learnable, and a pair task
+    (root / "sst2").mkdir()
+    for split, n in (("train", 120), ("dev", 30)):
+        rows = []
+        for i in range(n):
+            label = i % 2
+            rows.append(f"{'great' if label else 'awful'} {sentence(rng)} \t{label}")
+        (root / "sst2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (root / "rte").mkdir()
+    for split, n in (("train", 80), ("dev", 20)):
+        rows = [f"{i}\t{sentence(rng)}\t{sentence(rng)}\t{'entailment' if i % 2 else 'not_entailment'}"
+                for i in range(n)]
+        (root / "rte" / f"{split}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "\n".join(rows) + "\n")
+    for task, columns, labels in (
+            ("sst2", {"sentence1": "sentence", "label": "label"}, ["0", "1"]),
+            ("rte", {"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"},
+             ["entailment", "not_entailment"])):
+        files[task] = {"kind": "glue", "files": {n: entry(task, n) for n in ("train.tsv", "dev.tsv")},
+                       "splits": {"train": [{"file": "train.tsv"}], "dev": [{"file": "dev.tsv"}]},
+                       "header": True, "columns": columns, "labels": labels}
+
+    # translation: "de"/"fr" are deterministic word-by-word rewrites of "en", so a model can learn them
+    (root / "multi30k").mkdir()
+    names = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+    for split, n in (("train", 300), ("valid", 30), ("test", 30)):
+        en = [sentence(rng, 3, 9) for _ in range(n)]
+        gz(root / "multi30k" / f"{names[split]}.en.gz", en)
+        gz(root / "multi30k" / f"{names[split]}.fr.gz", [" ".join(w[::-1] for w in s.split()) for s in en])
+        gz(root / "multi30k" / f"{names[split]}.de.gz", [s.upper() for s in en])
+    files["multi30k"] = {"kind": "parallel", "languages": ["en", "de", "fr"],
+                         "files": {f"{names[s]}.{lang}.gz": entry("multi30k", f"{names[s]}.{lang}.gz")
+                                   for s in names for lang in ("en", "de", "fr")},
+                         "splits": {s: [{"file": f"{names[s]}.{{lang}}.gz"}] for s in names}}
+    return files
+
+
+def tiny_params(catalog: dict) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["datasets"] = catalog
+    params["prepare_mlm"]["vocab_size"] = 200
+    params["prepare_mt"]["vocab_size"] = 200
+    return params
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    """A project directory (stages/, dvc.yaml, tiny params.yaml) with DATA_MIRROR at a tiny mirror.
+    The test runs inside it."""
+    mirror = tmp_path / "mirror"
+    catalog = build_mirror(mirror)
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(REPO / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", "Makefile"):
+        shutil.copy(REPO / name, project / name)
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(catalog), sort_keys=False))
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("DATA_MIRROR", str(mirror))
+    return project
+
+
+def set_params(project: Path, edit) -> None:
+    """Apply `edit(params_dict)` to the project's params.yaml."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    edit(params)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def venv_bin() -> Path:
+    return Path(sys.executable).parent

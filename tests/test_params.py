@@ -1,0 +1,101 @@
+"""params.yaml validation: every fault fails up front, naming the key's full path and what is accepted."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO
+from stages.lib import StageError, load_params
+
+
+def invalid(tmp_path, edit) -> str:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(StageError) as e:
+        load_params(path)
+    return str(e.value)
+
+
+def test_default_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.corpus == "wikitext2"
+    assert params.data.glue_tasks == ["sst2", "rte"]
+    assert (params.data.translation.source, params.data.translation.target) == ("en", "fr")
+
+
+def test_unknown_key_names_path_and_accepted_keys(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["prepare_mlm"].update(vocab_sise=8000))
+    assert "prepare_mlm.vocab_sise: unknown key" in msg
+    assert "['max_train_lines', 'model_type', 'vocab_size']" in msg
+
+
+def test_unknown_key_inside_a_dataset(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["datasets"]["sst2"].update(lables=["0", "1"]))
+    assert "datasets.sst2.lables: unknown key" in msg and "'labels'" in msg
+
+
+def test_missing_key(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["prepare_mt"].pop("model_type"))
+    assert "prepare_mt.model_type: missing key" in msg
+
+
+def test_wrong_type(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["prepare_mlm"].update(vocab_size="big"))
+    assert "prepare_mlm.vocab_size" in msg and "integer" in msg
+
+
+def test_out_of_range(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["prepare_mlm"].update(vocab_size=10))
+    assert "prepare_mlm.vocab_size: Input should be greater than or equal to 100" in msg
+
+
+def test_enumerated_values_are_listed(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["prepare_mt"].update(model_type="wordpiece"))
+    assert "prepare_mt.model_type: Input should be 'unigram' or 'bpe'" in msg
+
+
+def test_cap_must_be_positive(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["prepare_glue"].update(max_train_examples=0))
+    assert "prepare_glue.max_train_examples" in msg
+
+
+def test_unknown_glue_task(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["data"].update(glue_tasks=["sst2", "mnlii"]))
+    assert "data.glue_tasks.1: 'mnlii' is not a dataset" in msg and "'mnli'" in msg
+
+
+def test_glue_task_of_wrong_kind(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["data"].update(glue_tasks=["multi30k"]))
+    assert "data.glue_tasks.0: 'multi30k' is a parallel dataset, expected glue" in msg
+
+
+def test_translation_language_must_exist(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["data"]["translation"].update(target="cs"))
+    assert "data.translation.target: 'cs' is not one of ['en', 'de', 'fr']" in msg
+
+
+def test_bad_checksum_format(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["datasets"]["sst2"]["files"]["train.tsv"].update(sha256="abc"))
+    assert "datasets.sst2.files.train.tsv.sha256" in msg
+
+
+def test_split_must_name_a_listed_file(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["datasets"]["rte"]["splits"]["dev"][0].update(file="dev2.tsv"))
+    assert "datasets.rte" in msg and "file 'dev2.tsv' is not in files" in msg
+
+
+def test_stage_fails_before_any_work(tmp_path):
+    """A stage run with bad params exits 2 with the message and writes nothing."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare_glue"]["max_dev_examples"] = -5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run = subprocess.run([sys.executable, "-m", "stages.fetch", "sst2"], cwd=tmp_path, capture_output=True,
+                         text=True, env={"PYTHONPATH": str(REPO), "PATH": ""})
+    assert run.returncode == 2, run.stderr
+    assert "error: params.yaml: invalid parameters" in run.stderr
+    assert "prepare_glue.max_dev_examples" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "data").exists()
