@@ -18,6 +18,7 @@ import itertools
 import os
 import re
 import tarfile
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -90,20 +91,26 @@ def download(dataset, fname, url, dest: Path) -> None:
     """Stream `url` to `dest`; an interrupted or failed download leaves no file behind."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    done = total = 0
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
             total = int(response.headers.get("Content-Length") or 0)
-            done, next_report = 0, 0.0
+            next_report = 0.0
             while chunk := response.read(1 << 20):
                 f.write(chunk)
                 done += len(chunk)
                 if total and done / total >= next_report:
                     log(f"{dataset}/{fname}: {done / 1e6:.1f} / {total / 1e6:.1f} MB")
                     next_report += 0.1
+            if total and done != total:  # a connection cut short reads as a normal end of stream
+                raise http.client.IncompleteRead(b"", total - done)
         os.replace(part, dest)
-    except (OSError, http.client.HTTPException) as e:  # HTTPException: e.g. a truncated body
+    except (OSError, http.client.HTTPException) as e:
+        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
+        if isinstance(e, http.client.IncompleteRead):
+            reason = f"download interrupted after {done} of {total} bytes"
         raise StageError(
-            f"cannot fetch dataset '{dataset}' file '{fname}' from {url}: {getattr(e, 'reason', e)}.\n"
+            f"cannot fetch dataset '{dataset}' file '{fname}' from {url}: {reason}.\n"
             f"  Without network access, point DATA_MIRROR at a directory that holds {dataset}/{fname} "
             f"(the layout of ../shared/data), e.g. `DATA_MIRROR=../shared/data dvc repro`.")
     finally:

@@ -18,6 +18,9 @@ UNREACHABLE = "http://127.0.0.1:9"                # discard port: nothing answer
 
 WORDS = ("the a cat dog bird sat ran flew on under over mat house tree river red green big small "
          "old young sings sleeps quickly slowly near far").split()
+# plus made-up words, so the tiny corpus supports a few hundred sentencepiece pieces
+_syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+WORDS += sorted({"".join(random.Random(i).sample(_syllables, 2 + i % 2)) for i in range(300)})
 
 
 def sentence(rng, lo=4, hi=12):
@@ -108,20 +111,24 @@ def tiny_params(catalog: dict) -> dict:
     return params
 
 
-@pytest.fixture
-def tiny_project(tmp_path, monkeypatch):
-    """A project directory (stages/, dvc.yaml, tiny params.yaml) with DATA_MIRROR at a tiny mirror.
-    The test runs inside it."""
-    mirror = tmp_path / "mirror"
-    catalog = build_mirror(mirror)
-    project = tmp_path / "project"
+def make_tiny_project(root: Path) -> Path:
+    """root/mirror: a tiny mirror; root/project: stages/, dvc.yaml and a params.yaml pointing at it."""
+    catalog = build_mirror(root / "mirror")
+    project = root / "project"
     project.mkdir()
     shutil.copytree(REPO / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore", "Makefile"):
         shutil.copy(REPO / name, project / name)
     (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(catalog), sort_keys=False))
+    return project
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    """A tiny project; the test runs inside it with DATA_MIRROR at its mirror."""
+    project = make_tiny_project(tmp_path)
     monkeypatch.chdir(project)
-    monkeypatch.setenv("DATA_MIRROR", str(mirror))
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "mirror"))
     return project
 
 

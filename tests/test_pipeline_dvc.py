@@ -1,0 +1,108 @@
+"""The data stages through DVC itself, on the tiny mirror: repro, caching, invalidation, remotes."""
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import make_tiny_project, set_params, sha256, venv_bin
+
+DATA_STAGES = ["fetch_corpus", "fetch_glue@sst2", "fetch_glue@rte", "fetch_translation",
+               "prepare_mlm", "prepare_glue@sst2", "prepare_glue@rte", "prepare_mt"]
+
+
+def run(*cmd, check=True):
+    env = dict(os.environ, PATH=f"{venv_bin()}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def repro(*stages, check=True):
+    result = run("dvc", "repro", *stages, check=check)
+    return result, set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The tiny project as a git + DVC repo after one full `dvc repro` of the data stages (done once)."""
+    root = tmp_path_factory.mktemp("built")
+    project = make_tiny_project(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DATA_MIRROR", str(root / "mirror"))
+        mp.chdir(project)
+        run("git", "init", "-q")
+        run("git", "config", "user.email", "test@example.com")
+        run("git", "config", "user.name", "test")
+        run("dvc", "init", "-q")
+        result, ran = repro(*DATA_STAGES)
+        assert ran == set(DATA_STAGES), result.stdout
+        run("git", "add", "-A")
+        run("git", "commit", "-qm", "tiny pipeline")
+    return root
+
+
+@pytest.fixture
+def dvc_project(built, tmp_path, monkeypatch):
+    """A private copy of the built project (repo, DVC cache and mirror), so tests can change it."""
+    shutil.copytree(built, tmp_path / "copy", symlinks=True)
+    monkeypatch.chdir(tmp_path / "copy" / "project")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "copy" / "mirror"))
+    return tmp_path / "copy" / "project"
+
+
+def test_repro_produces_binarized_data_for_all_three_tasks(dvc_project):
+    for path in ("data/bin/mlm/train.bin", "data/bin/glue/sst2/input0/train.bin", "data/bin/glue/rte/input1/valid.bin",
+                 "data/bin/glue/rte/label/train.bin", "data/bin/mt/train.en-fr.fr.bin", "data/bin/mt/test.raw.fr"):
+        assert Path(path).is_file(), path
+    assert Path("dvc.lock").is_file()
+
+
+def test_second_repro_does_nothing_and_says_so(dvc_project):
+    result, ran = repro(*DATA_STAGES)
+    assert ran == set()
+    assert "Data and pipelines are up to date." in result.stdout
+    assert "didn't change, skipping" in result.stdout
+
+
+def test_vocab_change_reruns_prepare_stages_only(dvc_project):
+    assert json.loads(Path("data/bin/mlm/caps.json").read_text())["vocab_size"] == 200
+    set_params(dvc_project, lambda p: p["prepare_mlm"].update(vocab_size=150))
+    _, ran = repro(*DATA_STAGES)
+    assert ran == {"prepare_mlm", "prepare_glue@sst2", "prepare_glue@rte"}
+    set_params(dvc_project, lambda p: p["prepare_mt"].update(vocab_size=150))
+    _, ran = repro(*DATA_STAGES)
+    assert ran == {"prepare_mt"}
+
+
+def test_push_and_pull_through_a_local_remote(dvc_project, tmp_path):
+    run("dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    run("dvc", "push")
+    before = {p: sha256(p) for p in Path("data").rglob("*") if p.is_file() and ".gitignore" not in p.name}
+    shutil.rmtree("data/raw")
+    shutil.rmtree("data/bin")
+    shutil.rmtree(".dvc/cache")
+    run("dvc", "pull")
+    after = {p: sha256(p) for p in Path("data").rglob("*") if p.is_file() and ".gitignore" not in p.name}
+    assert after == before
+    assert "up to date" in run("dvc", "status").stdout
+
+
+def test_bad_input_stops_the_stage_and_keeps_other_outputs(dvc_project):
+    mirror = Path(os.environ["DATA_MIRROR"])
+    dev = mirror / "rte" / "dev.tsv"
+    lines = dev.read_text().splitlines()
+    lines[5] = lines[5].rsplit("\t", 1)[0] + "\tmaybe"
+    dev.write_text("\n".join(lines) + "\n")
+    set_params(dvc_project, lambda p: p["datasets"]["rte"]["files"]["dev.tsv"].update(sha256=sha256(dev)))
+    mlm_before = sha256(Path("data/bin/mlm/train.bin"))
+    result, _ = repro(*DATA_STAGES, check=False)
+    assert result.returncode != 0
+    assert f"{dev}:6: label 'maybe' is not one of the task's labels" in result.stderr
+    assert sha256(Path("data/bin/mlm/train.bin")) == mlm_before
+    status = run("dvc", "status", "prepare_mlm", "prepare_glue@sst2", "prepare_mt").stdout
+    assert "up to date" in status, status
