@@ -67,6 +67,9 @@ class Dataset(Strict):
         langs = self.languages or [None]
         for split, sources in self.splits.items():
             for src in sources:
+                if isinstance(src.member, dict) and set(src.member) != set(self.languages or []):
+                    raise ValueError(f"splits.{split}: member maps languages {sorted(src.member)}, "
+                                     f"expected {self.languages}")
                 for lang in langs:
                     name = src.file.format(lang=lang) if lang else src.file
                     if name not in self.files:
@@ -86,24 +89,26 @@ class Data(Strict):
     translation: Translation
 
 
-Cap = int | None
+# Stage parameters have no defaults: every value that shapes an output is written in params.yaml,
+# where DVC tracks it, and a forgotten key fails instead of silently taking a value.
+Cap = int | None  # a limit on examples; None (null) means all of them
 
 
 class PrepareMlm(Strict):
     vocab_size: int = Field(ge=100, le=256_000)
     model_type: Literal["unigram", "bpe"]
-    max_train_lines: Cap = Field(default=None, ge=1)
+    max_train_lines: Cap = Field(ge=1)
 
 
 class PrepareGlue(Strict):
-    max_train_examples: Cap = Field(default=None, ge=1)
-    max_dev_examples: Cap = Field(default=None, ge=1)
+    max_train_examples: Cap = Field(ge=1)
+    max_dev_examples: Cap = Field(ge=1)
 
 
 class PrepareMt(Strict):
     vocab_size: int = Field(ge=100, le=256_000)
     model_type: Literal["unigram", "bpe"]
-    max_train_pairs: Cap = Field(default=None, ge=1)
+    max_train_pairs: Cap = Field(ge=1)
 
 
 class Params(Strict):

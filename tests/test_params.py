@@ -99,3 +99,13 @@ def test_stage_fails_before_any_work(tmp_path):
     assert "prepare_glue.max_dev_examples" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_per_language_members_must_cover_the_languages(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["datasets"]["wmt14_en_fr"]["splits"]["test"][0]["member"].pop("fr"))
+    assert "datasets.wmt14_en_fr: splits.test: member maps languages ['en'], expected ['en', 'fr']" in msg
+
+
+def test_caps_have_no_silent_default(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["prepare_glue"].pop("max_dev_examples"))
+    assert "prepare_glue.max_dev_examples: missing key" in msg
