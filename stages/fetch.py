@@ -23,20 +23,14 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from stages.lib import DataError, StageError, atomic_dir, file_digest, load_params, log, run_stage, write_json
+from stages.lib import DataError, StageError, atomic_dir, dataset_arg, file_digest, load_params, log, run_stage, write_json
 
 RAW_DIR = Path("data/raw")
 DOWNLOAD_DIR = Path("data/downloads")
 
 
 def main(argv):
-    if len(argv) != 1:
-        raise StageError("usage: python -m stages.fetch DATASET")
-    name = argv[0]
-    params = load_params()
-    if name not in params.datasets:
-        raise StageError(f"params.yaml: datasets.{name}: no such dataset; known: {sorted(params.datasets)}")
-    spec = params.datasets[name]
+    name, spec = dataset_arg(argv, load_params(), "python -m stages.fetch DATASET")
     paths = {fname: obtain(name, fname, fspec) for fname, fspec in spec.files.items()}
     with atomic_dir(RAW_DIR / name) as out:
         counts = {"corpus": write_corpus, "glue": write_glue, "parallel": write_parallel}[spec.kind](spec, paths, out)

@@ -90,6 +90,16 @@ def _allowed_keys(loc) -> list[str] | None:
     return None
 
 
+def dataset_arg(argv, params, usage: str, kind: str | None = None):
+    """The single DATASET argument of a stage, checked against params.yaml's catalog (and kind)."""
+    if len(argv) != 1:
+        raise StageError(f"usage: {usage}")
+    known = sorted(k for k, d in params.datasets.items() if kind in (None, d.kind))
+    if argv[0] not in known:
+        raise StageError(f"params.yaml: datasets.{argv[0]}: no such {kind + ' ' if kind else ''}dataset; known: {known}")
+    return argv[0], params.datasets[argv[0]]
+
+
 # ---------------------------------------------------------------- files
 
 def sha256sum(path: Path) -> str:

@@ -14,20 +14,15 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from stages.lib import (StageError, atomic_dir, cap, encode_pieces, fairseq_preprocess, load_params, log,
+from stages.lib import (atomic_dir, cap, dataset_arg, encode_pieces, fairseq_preprocess, load_params, log,
                         read_lines, run_stage, write_json)
 
 MLM = Path("data/bin/mlm")
 
 
 def main(argv):
-    if len(argv) != 1:
-        raise StageError("usage: python -m stages.prepare_glue TASK")
-    task = argv[0]
     params = load_params()
-    if task not in params.datasets or params.datasets[task].kind != "glue":
-        glue = sorted(k for k, d in params.datasets.items() if d.kind == "glue")
-        raise StageError(f"params.yaml: datasets: '{task}' is not a GLUE task; known: {glue}")
+    task, _ = dataset_arg(argv, params, "python -m stages.prepare_glue TASK", kind="glue")
     cfg = params.prepare_glue
     raw = Path("data/raw") / task
     meta = json.loads((raw / "meta.json").read_text())
