@@ -1,6 +1,7 @@
 """The small library every stage shares: params loading, errors, logging, atomic outputs, checksums,
 and running fairseq's command-line tools in-process."""
 import argparse
+import math
 import contextlib
 import hashlib
 import importlib
@@ -213,3 +214,178 @@ def fairseq_preprocess(destdir: Path, args: list) -> None:
     outputs must be byte-identical across runs for DVC's cache to hold downstream."""
     run_fairseq("preprocess", [*args, "--destdir", destdir, "--workers", os.cpu_count() or 1])
     (Path(destdir) / "preprocess.log").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- budgeted fairseq training
+
+WORK_DIR = Path("models/.work")   # resumable training state; not a DVC output (DVC deletes those)
+CURVE_FIELDS = ["updates", "seconds", "tokens", "flops", "train_loss", "valid_loss", "valid_ppl",
+                "valid_accuracy", "valid_bleu"]
+
+
+def device_flags(training) -> list:
+    """fairseq flags for params.yaml's `training` section: device, precision, data parallelism."""
+    import torch
+    device = training.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise StageError("params.yaml: training.device is 'cuda' but torch sees no GPU "
+                         f"(torch {torch.__version__}); use 'auto' or 'cpu', or install a CUDA build of torch")
+    if device == "cpu":
+        if training.threads:
+            torch.set_num_threads(training.threads)
+        return ["--cpu"]
+    precision = {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp32": []}[training.precision]
+    return [*precision, "--distributed-world-size", training.world_size]
+
+
+def budget_flags(budget) -> list:
+    # fairseq counts training time restored from a checkpoint, so a resumed run keeps its budget
+    if budget.updates is not None:
+        return ["--max-update", budget.updates]
+    return ["--stop-time-hours", budget.seconds / 3600]
+
+
+def schedule_flags(opt) -> list:
+    """Optimizer and schedule shared by every training stage. inverse_sqrt needs no total update
+    count, which a wall-clock budget cannot know in advance."""
+    return ["--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--adam-eps", "1e-06", "--clip-norm", "0.0",
+            "--lr", opt.lr, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", opt.warmup_updates,
+            "--warmup-init-lr", "1e-07", "--dropout", opt.dropout, "--attention-dropout", opt.dropout,
+            "--weight-decay", opt.weight_decay, "--max-tokens", opt.max_tokens,
+            "--validate-interval-updates", opt.validate_every, "--save-interval-updates", opt.validate_every,
+            "--max-valid-steps", opt.valid_batches - 1,  # fairseq stops after index max_valid_steps
+            "--validate-interval", 1_000_000, "--save-interval", 1_000_000,  # points on the update grid only
+            "--keep-interval-updates", 1, "--no-epoch-checkpoints", "--log-format", "simple",
+            "--log-interval", max(1, opt.validate_every // 2)]
+
+
+def non_embedding_params(size, decoder: bool = False) -> int:
+    """Weights of one Transformer stack, without embeddings (Kaplan et al.'s N)."""
+    attention = (8 if decoder else 4) * size.hidden ** 2  # decoder: self- and cross-attention
+    return size.layers * (attention + 2 * size.hidden * size.ffn)
+
+
+def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flops_of_sample) -> dict:
+    """Run fairseq-train with `args` (which include the budget) in `work`, resuming from its last
+    checkpoint when an earlier run of the same configuration was interrupted. Writes the learning
+    curve to `curve_path` (one row per validation point) and returns the last row.
+
+    flops_of_sample(sample) -> (tokens, flops) estimates the training cost of one batch."""
+    import csv
+    import torch
+    from fairseq import trainer as fairseq_trainer
+    import fairseq_cli.train as train_cli
+
+    fingerprint = json.dumps([str(a) for a in args if not str(a).startswith("--stop-time-hours")])
+    fingerprint_file = work / "fingerprint.json"
+    if work.exists() and (not fingerprint_file.exists() or fingerprint_file.read_text() != fingerprint):
+        log(f"{label}: configuration changed since the interrupted run in {work}; starting over")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    fingerprint_file.write_text(fingerprint)
+
+    work_curve = work / "curve.csv"
+    rows = resume_curve(work_curve, work / "checkpoint_last.pt")
+    if rows:
+        log(f"{label}: resuming at update {rows[-1]['updates']} ({float(rows[-1]['seconds']):.0f} s spent)")
+    state = {"tokens": int(rows[-1]["tokens"]) if rows else 0, "flops": float(rows[-1]["flops"]) if rows else 0.0,
+             "loss_sum": 0.0, "loss_n": 0}
+
+    def train_step(self, samples, raise_oom=False):
+        out = original_train_step(self, samples, raise_oom)
+        for sample in samples:
+            if sample and "net_input" in sample:
+                tokens, flops = flops_of_sample(sample)
+                state["tokens"] += tokens
+                state["flops"] += flops
+        if out and "loss" in out:
+            state["loss_sum"] += float(out["loss"])
+            state["loss_n"] += 1
+        return out
+
+    def get_valid_stats(cfg, trainer, stats, tracking_best):
+        stats = original_valid_stats(cfg, trainer, stats, tracking_best)
+        if tracking_best and distributed_master(cfg):  # the first valid subset, once
+            row = {"updates": trainer.get_num_updates(), "seconds": round(trainer.cumulative_training_time(), 2),
+                   "tokens": state["tokens"], "flops": f"{state['flops']:.4g}",
+                   "train_loss": round(state["loss_sum"] / state["loss_n"], 4) if state["loss_n"] else "",
+                   "valid_loss": stats.get("loss", ""), "valid_ppl": stats.get("ppl", ""),
+                   "valid_accuracy": stats.get("accuracy", ""), "valid_bleu": stats.get("bleu", "")}
+            state["loss_sum"], state["loss_n"] = 0.0, 0
+            rows.append(row)
+            write_curve(work_curve, rows)
+            log(f"{label}: update {row['updates']}, {row['seconds']:.0f} s, valid loss {row['valid_loss']}")
+            if not math.isfinite(float(row["valid_loss"] or 0)):
+                raise FloatingPointError(f"validation loss is {row['valid_loss']}")
+        return stats
+
+    original_train_step = fairseq_trainer.Trainer.train_step
+    original_valid_stats = train_cli.get_valid_stats
+    fairseq_trainer.Trainer.train_step = train_step
+    train_cli.get_valid_stats = get_valid_stats
+    try:
+        run_fairseq("train", [*args, "--save-dir", work])
+    except FloatingPointError as e:
+        done = rows[-1]["updates"] if rows else 0
+        raise StageError(f"{label}: loss became NaN/inf after update {done} ({e}). The last good checkpoint is "
+                         f"kept in {work}/checkpoint_last.pt; lower the learning rate or use fp32/bf16.")
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        raise StageError(f"{label}: does not fit in memory ({str(e).splitlines()[0]}). "
+                         "Lower max_tokens (the batch size in tokens) for this stage in params.yaml.")
+    finally:
+        fairseq_trainer.Trainer.train_step = original_train_step
+        train_cli.get_valid_stats = original_valid_stats
+    if not rows:
+        raise StageError(f"{label}: training ended before its first validation point; raise the budget")
+    curve_path.parent.mkdir(parents=True, exist_ok=True)
+    write_curve(curve_path, rows)
+    return rows[-1]
+
+
+def distributed_master(cfg) -> bool:
+    return getattr(cfg.distributed_training, "distributed_rank", 0) == 0
+
+
+def write_curve(path: Path, rows: list) -> None:
+    import csv
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, CURVE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def resume_curve(curve: Path, checkpoint: Path) -> list:
+    """Curve rows of an interrupted run, cut back to its last checkpoint (rows after it are redone)."""
+    import csv
+    if not (curve.exists() and checkpoint.exists()):
+        return []
+    updates = checkpoint_updates(checkpoint)
+    with open(curve) as f:
+        return [row for row in csv.DictReader(f) if int(row["updates"]) <= updates]
+
+
+def checkpoint_updates(checkpoint: Path) -> int:
+    state = load_checkpoint(checkpoint, mmap=True)
+    return state["optimizer_history"][-1]["num_updates"]
+
+
+def load_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """torch.load for fairseq checkpoints with the safe loader: only argparse.Namespace is allowlisted."""
+    import torch
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def export_checkpoint(source: Path, dest: Path) -> int:
+    """Copy a fairseq checkpoint without its optimizer state (what inference and fine-tuning need);
+    returns its parameter count."""
+    import torch
+    state = load_checkpoint(source)
+    state["last_optimizer_state"] = None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dest)
+    return sum(t.numel() for t in state["model"].values())

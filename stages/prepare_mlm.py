@@ -1,7 +1,7 @@
 """prepare_mlm: sentencepiece model on the corpus' train split, then fairseq-preprocess --only-source.
 
 Writes data/bin/mlm/: spm.model, dict.txt (every sentencepiece piece; shared with GLUE), {train,valid,test}.{bin,idx}, caps.json.
-Blank lines are dropped: with --sample-break-mode complete each line is a sample boundary.
+Blank lines are dropped (pretraining packs the text into contiguous blocks: --sample-break-mode none).
 """
 import tempfile
 from pathlib import Path

@@ -111,12 +111,94 @@ class PrepareMt(Strict):
     max_train_pairs: Cap = Field(ge=1)
 
 
+class ModelSize(Strict):
+    layers: int = Field(ge=1, le=96)       # translation: encoder and decoder layers each
+    hidden: int = Field(ge=8, le=16384)
+    ffn: int = Field(ge=8, le=65536)
+    heads: int = Field(ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class Models(Strict):
+    mlm: dict[str, ModelSize] = Field(min_length=1)
+    mt: dict[str, ModelSize] = Field(min_length=1)
+
+
+class Budget(Strict):
+    """Training budget: wall-clock seconds of training (the paper's axis) or updates (exactly
+    reproducible); exactly one is set."""
+    seconds: float | None = Field(gt=0)
+    updates: int | None = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.seconds is None) == (self.updates is None):
+            raise ValueError("set exactly one of seconds or updates (the other null)")
+        return self
+
+
+class Training(Strict):
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["fp16", "bf16", "fp32"]   # on CUDA; CPU always trains in fp32
+    world_size: int = Field(ge=1)                # GPUs for fairseq's data-parallel training
+    threads: int | None = Field(ge=1)            # CPU threads (null: torch's default)
+    seed: int = Field(ge=0)
+
+
+class Optimization(Strict):
+    budget: Budget
+    max_tokens: int = Field(ge=16)               # batch size in tokens
+    lr: float = Field(gt=0, le=1)
+    warmup_updates: int = Field(ge=0)
+    dropout: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    validate_every: int = Field(ge=1)            # updates between validation points of the curve
+    valid_batches: int = Field(ge=1)             # batches per validation (a fixed slice of valid)
+
+
+class Pretrain(Optimization):
+    sizes: list[str] = Field(min_length=1)       # keys of models.mlm
+    tokens_per_sample: int = Field(ge=8, le=4096)
+    mask_prob: float = Field(gt=0, lt=1)
+
+
+class Finetune(Optimization):
+    batch_size: int = Field(ge=1)                # sentences
+
+
+class TrainMt(Optimization):
+    sizes: list[str] = Field(min_length=1)       # keys of models.mt
+    label_smoothing: float = Field(ge=0, lt=1)
+    bleu_beam: int = Field(ge=1)                 # beam for the BLEU points of the curve
+
+
 class Params(Strict):
     data: Data
     prepare_mlm: PrepareMlm
     prepare_glue: PrepareGlue
     prepare_mt: PrepareMt
+    models: Models
+    training: Training
+    pretrain: Pretrain
+    finetune: Finetune
+    train_mt: TrainMt
     datasets: dict[str, Dataset]
+
+    @model_validator(mode="after")
+    def _sizes_exist(self):
+        for key, names, grid in (("pretrain.sizes", self.pretrain.sizes, self.models.mlm),
+                                 ("train_mt.sizes", self.train_mt.sizes, self.models.mt)):
+            for i, name in enumerate(names):
+                if name not in grid:
+                    raise ValueError(f"{key}.{i}: '{name}' is not a size in models; known: {sorted(grid)}")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{key}: sizes are listed twice: {names}")
+        return self
 
     @model_validator(mode="after")
     def _selected_datasets_exist(self):
