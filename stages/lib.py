@@ -138,10 +138,9 @@ def write_json(path: Path, obj) -> None:
 def run_fairseq(tool: str, args: list) -> None:
     """Run `fairseq-<tool>` (preprocess, train, ...) in this process with the given CLI args.
 
-    torch >= 2.6 unpickles checkpoints with weights_only=True, which refuses the argparse.Namespace
-    fairseq stores in them; allowlist exactly that class rather than turning the safe loader off."""
-    import torch
-    torch.serialization.add_safe_globals([argparse.Namespace])
+    torch >= 2.6 unpickles checkpoints with weights_only=True, which refuses what fairseq stores in
+    them besides tensors; allowlist exactly those classes rather than turning the safe loader off."""
+    allow_checkpoint_globals()
     module = importlib.import_module(f"fairseq_cli.{tool}")
     saved_argv = sys.argv
     sys.argv = [f"fairseq-{tool}", *map(str, args)]
@@ -373,19 +372,32 @@ def checkpoint_updates(checkpoint: Path) -> int:
     return state["optimizer_history"][-1]["num_updates"]
 
 
-def load_checkpoint(path: Path, mmap: bool = False) -> dict:
-    """torch.load for fairseq checkpoints with the safe loader: only argparse.Namespace is allowlisted."""
+def allow_checkpoint_globals() -> None:
+    """The non-tensor globals in fairseq checkpoints, for torch's weights-only loader: the argparse
+    Namespace of old-style configs, and numpy arrays (fairseq saves metric state such as BLEU counts)."""
+    import numpy as np
     import torch
-    torch.serialization.add_safe_globals([argparse.Namespace])
+    torch.serialization.add_safe_globals([
+        argparse.Namespace, np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+        *(type(np.dtype(t)) for t in (np.int64, np.int32, np.float64, np.float32, np.bool_))])
+
+
+def load_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """torch.load of a fairseq checkpoint with the safe (weights-only) loader."""
+    import torch
+    allow_checkpoint_globals()
     return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def export_checkpoint(source: Path, dest: Path) -> int:
-    """Copy a fairseq checkpoint without its optimizer state (what inference and fine-tuning need);
-    returns its parameter count."""
+    """Copy a fairseq checkpoint with the model only: no optimizer state, and no training-run state
+    (fairseq would restore its elapsed training time into a fine-tuning run, spending that run's
+    budget before it starts). Returns the parameter count."""
     import torch
     state = load_checkpoint(source)
     state["last_optimizer_state"] = None
+    for key in ("previous_training_time", "metrics"):
+        state["extra_state"].pop(key, None)
     dest.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, dest)
     return sum(t.numel() for t in state["model"].values())

@@ -1,0 +1,56 @@
+"""finetune: one pretrained size on one GLUE task, following fairseq's RoBERTa GLUE recipe
+(examples/roberta/README.glue.md), under the `finetune.budget`; keeps the best checkpoint by dev
+accuracy (by loss for a regression task).
+
+Writes models/finetune/<size>-<task>/ (checkpoint.pt, summary.json) and
+reports/curves/finetune-<size>-<task>.csv.
+
+Usage: python -m stages.finetune SIZE TASK
+"""
+import json
+import shutil
+from pathlib import Path
+
+from stages.lib import (WORK_DIR, StageError, budget_flags, device_flags, export_checkpoint, load_params, log,
+                        non_embedding_params, run_stage, schedule_flags, train_with_budget, write_json)
+from stages.pretrain import size_flags
+
+
+def main(argv):
+    params = load_params()
+    if len(argv) != 2 or argv[0] not in params.pretrain.sizes or argv[1] not in params.data.glue_tasks:
+        raise StageError("usage: python -m stages.finetune SIZE TASK, SIZE one of pretrain.sizes "
+                         f"{params.pretrain.sizes}, TASK one of data.glue_tasks {params.data.glue_tasks}")
+    name, task = argv
+    size, cfg = params.models.mlm[name], params.finetune
+    data = Path("data/bin/glue") / task
+    meta = json.loads((data / "meta.json").read_text())
+    metric = ["--regression-target", "--best-checkpoint-metric", "loss"] if meta["regression"] else \
+        ["--best-checkpoint-metric", "accuracy", "--maximize-best-checkpoint-metric"]
+    args = [data, "--task", "sentence_prediction", "--criterion", "sentence_prediction",
+            "--finetune-from-model", Path("models/pretrain") / name / "checkpoint.pt",
+            "--arch", "roberta", *size_flags(size, params.pretrain.tokens_per_sample),
+            "--num-classes", meta["num_classes"], "--init-token", 0, "--separator-token", 2,
+            "--shorten-method", "truncate", "--batch-size", cfg.batch_size,
+            "--required-batch-size-multiple", 1, *metric, "--seed", params.training.seed,
+            *schedule_flags(cfg), *budget_flags(cfg.budget), *device_flags(params.training)]
+    n = non_embedding_params(size)
+
+    def flops_of_sample(sample):
+        tokens = sample["net_input"]["src_tokens"].numel()
+        return tokens, 6.0 * n * tokens
+
+    label, work = f"finetune {name}-{task}", WORK_DIR / "finetune" / f"{name}-{task}"
+    out = Path("models/finetune") / f"{name}-{task}"
+    last = train_with_budget(label, work, args, Path("reports/curves") / f"finetune-{name}-{task}.csv",
+                             flops_of_sample)
+    params_count = export_checkpoint(work / "checkpoint_best.pt", out / "checkpoint.pt")
+    write_json(out / "summary.json", {"size": name, "task": task, **size.model_dump(), "parameters": params_count,
+                                      "budget": cfg.budget.model_dump(), "dev_split": meta["fairseq_splits"]["valid"],
+                                      "final": last})
+    shutil.rmtree(work)
+    log(f"{label}: done, {last['updates']} updates in {last['seconds']} s")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,58 @@
+"""train_mt: a pre-norm Transformer translation model of one size, trained until its budget is spent.
+
+fairseq's translation recipe (examples/translation, transformer with --encoder/decoder-normalize-before),
+label-smoothed cross-entropy, shared embeddings over the joined sentencepiece dictionary, and valid BLEU
+(sacrebleu via fairseq's --eval-bleu, greedy unless train_mt.bleu_beam > 1) at every curve point.
+Keeps the best checkpoint by valid loss.
+
+Writes models/mt/<size>/ (checkpoint.pt, summary.json) and reports/curves/train_mt-<size>.csv.
+
+Usage: python -m stages.train_mt SIZE
+"""
+import json
+import shutil
+from pathlib import Path
+
+from stages.lib import (WORK_DIR, StageError, budget_flags, device_flags, export_checkpoint, load_params, log,
+                        non_embedding_params, run_stage, schedule_flags, train_with_budget, write_json)
+
+DATA = Path("data/bin/mt")
+
+
+def main(argv):
+    params = load_params()
+    if len(argv) != 1 or argv[0] not in params.train_mt.sizes:
+        raise StageError(f"usage: python -m stages.train_mt SIZE, SIZE one of train_mt.sizes {params.train_mt.sizes}")
+    name = argv[0]
+    size, cfg, tr = params.models.mt[name], params.train_mt, params.data.translation
+    bleu_args = json.dumps({"beam": cfg.bleu_beam, "max_len_a": 1.2, "max_len_b": 10})
+    args = [DATA, "--task", "translation", "--source-lang", tr.source, "--target-lang", tr.target,
+            "--arch", "transformer", "--share-all-embeddings",
+            "--encoder-normalize-before", "--decoder-normalize-before",
+            "--encoder-layers", size.layers, "--decoder-layers", size.layers,
+            "--encoder-embed-dim", size.hidden, "--decoder-embed-dim", size.hidden,
+            "--encoder-ffn-embed-dim", size.ffn, "--decoder-ffn-embed-dim", size.ffn,
+            "--encoder-attention-heads", size.heads, "--decoder-attention-heads", size.heads,
+            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", cfg.label_smoothing,
+            "--eval-bleu", "--eval-bleu-args", bleu_args, "--eval-bleu-detok", "space",
+            "--eval-bleu-remove-bpe", "sentencepiece", "--seed", params.training.seed,
+            *schedule_flags(cfg), *budget_flags(cfg.budget), *device_flags(params.training)]
+    n_encoder, n_decoder = non_embedding_params(size), non_embedding_params(size, decoder=True)
+
+    def flops_of_sample(sample):
+        source, target = sample["net_input"]["src_tokens"].numel(), sample["target"].numel()
+        return source + target, 6.0 * (n_encoder * source + n_decoder * target)
+
+    label, work, out = f"train_mt {name}", WORK_DIR / "train_mt" / name, Path("models/mt") / name
+    last = train_with_budget(label, work, args, Path("reports/curves") / f"train_mt-{name}.csv", flops_of_sample)
+    params_count = export_checkpoint(work / "checkpoint_best.pt", out / "checkpoint.pt")
+    write_json(out / "summary.json", {"size": name, **size.model_dump(), "parameters": params_count,
+                                      "non_embedding_parameters": n_encoder + n_decoder,
+                                      "source": tr.source, "target": tr.target,
+                                      "budget": cfg.budget.model_dump(), "final": last})
+    shutil.rmtree(work)
+    log(f"{label}: done, {last['updates']} updates in {last['seconds']} s")
+
+
+if __name__ == "__main__":
+    run_stage(main)
