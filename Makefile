@@ -6,7 +6,11 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .PHONY: repro test
+# `make repro PROFILE=paper` first applies profiles/paper.yaml to params.yaml
 repro: $(VENV)/.installed
+ifdef PROFILE
+	python profiles/apply.py $(PROFILE)
+endif
 	dvc repro
 
 test: $(VENV)/.installed

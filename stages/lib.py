@@ -293,7 +293,13 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
              "loss_sum": 0.0, "loss_n": 0}
 
     def train_step(self, samples, raise_oom=False):
-        out = original_train_step(self, samples, raise_oom)
+        try:  # raise_oom: a batch that does not fit fails the run instead of being skipped silently
+            out = original_train_step(self, samples, raise_oom=True)
+        except Exception as e:
+            cause = in_context_chain(e, FloatingPointError)
+            if cause is not None and cause is not e:  # fairseq's NaN diagnostics can crash themselves
+                raise cause from e
+            raise
         for sample in samples:
             if sample and "net_input" in sample:
                 tokens, flops = flops_of_sample(sample)
@@ -330,7 +336,10 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
         done = rows[-1]["updates"] if rows else 0
         raise StageError(f"{label}: loss became NaN/inf after update {done} ({e}). The last good checkpoint is "
                          f"kept in {work}/checkpoint_last.pt; lower the learning rate or use fp32/bf16.")
-    except (torch.OutOfMemoryError, MemoryError) as e:
+    except (RuntimeError, MemoryError) as e:
+        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and not any(
+                m in str(e) for m in ("out of memory", "can't allocate memory")):
+            raise
         raise StageError(f"{label}: does not fit in memory ({str(e).splitlines()[0]}). "
                          "Lower max_tokens (the batch size in tokens) for this stage in params.yaml.")
     finally:
@@ -341,6 +350,13 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
     curve_path.parent.mkdir(parents=True, exist_ok=True)
     write_curve(curve_path, rows)
     return rows[-1]
+
+
+def in_context_chain(error: BaseException, kind: type):
+    """`error` or the first exception it was raised while handling, that is a `kind`."""
+    while error is not None and not isinstance(error, kind):
+        error = error.__context__
+    return error
 
 
 def distributed_master(cfg) -> bool:

@@ -1,0 +1,178 @@
+"""Budgeted training on tiny models: curves, repeatability, kill-and-resume, NaN and memory faults."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import set_params
+from stages import fetch, finetune, prepare_glue, prepare_mlm, prepare_mt, pretrain, train_mt
+from stages.lib import WORK_DIR, StageError, load_checkpoint
+
+TINY = {"T1": {"layers": 1, "hidden": 32, "ffn": 64, "heads": 2},
+        "T2": {"layers": 2, "hidden": 48, "ffn": 96, "heads": 2}}
+
+
+def tiny_training(p, pretrain_updates=12, finetune_updates=60, mt_updates=12):
+    p["models"] = {"mlm": TINY, "mt": TINY}
+    p["training"].update(device="cpu", threads=1)
+    p["pretrain"].update(sizes=["T1", "T2"], budget={"seconds": None, "updates": pretrain_updates},
+                         tokens_per_sample=32, max_tokens=256, warmup_updates=2, lr=0.002,
+                         validate_every=4, valid_batches=2)
+    p["finetune"].update(budget={"seconds": None, "updates": finetune_updates}, batch_size=8, lr=0.004,
+                         warmup_updates=2, dropout=0.0, weight_decay=0.0, validate_every=15, valid_batches=4)
+    p["train_mt"].update(sizes=["T1", "T2"], budget={"seconds": None, "updates": mt_updates}, max_tokens=256,
+                         warmup_updates=2, lr=0.002, validate_every=4, valid_batches=2)
+
+
+def read_curve(path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def prepared(tiny_project):
+    set_params(tiny_project, tiny_training)
+    for name in ("wikitext2", "sst2", "multi30k"):
+        fetch.main([name])
+    prepare_mlm.main([])
+    prepare_glue.main(["sst2"])
+    prepare_mt.main([])
+    return tiny_project
+
+
+def test_pretrain_writes_a_curve_and_a_model_only_checkpoint(prepared):
+    pretrain.main(["T1"])
+    curve = read_curve("reports/curves/pretrain-T1.csv")
+    assert [int(r["updates"]) for r in curve] == [4, 8, 12]
+    assert all(float(r["valid_ppl"]) > 1 and float(r["flops"]) > 0 for r in curve)
+    assert [int(r["tokens"]) for r in curve] == [256 * 4, 256 * 8, 256 * 12]
+    seconds = [float(r["seconds"]) for r in curve]
+    assert seconds == sorted(seconds)
+    assert float(curve[-1]["valid_loss"]) < float(curve[0]["valid_loss"])
+    state = load_checkpoint(Path("models/pretrain/T1/checkpoint.pt"))
+    assert state["last_optimizer_state"] is None
+    assert "previous_training_time" not in state["extra_state"]
+    assert not (WORK_DIR / "pretrain" / "T1").exists()  # scratch state removed once done
+
+
+def test_update_budget_is_bit_for_bit_repeatable(prepared):
+    runs = []
+    for _ in range(2):
+        pretrain.main(["T2"])
+        curve = [{k: v for k, v in r.items() if k != "seconds"} for r in read_curve("reports/curves/pretrain-T2.csv")]
+        weights = load_checkpoint(Path("models/pretrain/T2/checkpoint.pt"))["model"]
+        runs.append((curve, weights))
+    (curve_a, weights_a), (curve_b, weights_b) = runs
+    assert curve_a == curve_b
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_finetune_learns_a_separable_task_from_the_pretrained_size(prepared):
+    pretrain.main(["T1"])
+    finetune.main(["T1", "sst2"])
+    curve = read_curve("reports/curves/finetune-T1-sst2.csv")
+    assert [int(r["updates"]) for r in curve] == [15, 30, 45, 60]
+    assert max(float(r["valid_accuracy"]) for r in curve) >= 90  # label = first word great/awful
+    assert float(curve[-1]["train_loss"]) < float(curve[0]["train_loss"])
+    assert Path("models/finetune/T1-sst2/checkpoint.pt").is_file()
+
+
+def test_train_mt_curve_carries_bleu(prepared):
+    train_mt.main(["T1"])
+    curve = read_curve("reports/curves/train_mt-T1.csv")
+    assert [int(r["updates"]) for r in curve] == [4, 8, 12]
+    assert all(r["valid_bleu"] != "" for r in curve)
+    assert float(curve[-1]["valid_loss"]) < float(curve[0]["valid_loss"])
+    assert Path("models/mt/T1/checkpoint.pt").is_file()
+
+
+def stage_process(*args):
+    env = dict(os.environ, PYTHONPATH=str(Path.cwd()))
+    return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def kill_after_points(process, work_curve: Path, points: int, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if work_curve.exists() and len(read_curve(work_curve)) >= points:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return
+        assert process.poll() is None, f"stage ended before it could be killed: {process.stderr.read()}"
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("no curve points in time")
+
+
+def test_kill_and_resume_with_an_update_budget(prepared):
+    set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": None, "updates": 40}))
+    work = WORK_DIR / "pretrain" / "T2"
+    kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 3)
+    assert (work / "checkpoint_last.pt").exists()
+    pretrain.main(["T2"])  # what the next `dvc repro` runs
+    updates = [int(r["updates"]) for r in read_curve("reports/curves/pretrain-T2.csv")]
+    assert updates == list(range(4, 41, 4))  # every point once, none redone twice, none lost
+
+
+def test_kill_and_resume_with_a_time_budget(prepared):
+    budget = 12.0
+    set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": budget, "updates": None}))
+    work = WORK_DIR / "pretrain" / "T2"
+    started = time.time()
+    kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 3)
+    killed_at = time.time() - started
+    spent_before_kill = float(read_curve(work / "curve.csv")[-1]["seconds"])
+    pretrain.main(["T2"])
+    curve = read_curve("reports/curves/pretrain-T2.csv")
+    seconds = [float(r["seconds"]) for r in curve]
+    interval = max(b - a for a, b in zip(seconds, seconds[1:]))
+    # resumed, not restarted: the curve continues from the killed run's points
+    assert seconds[0] <= spent_before_kill < budget and killed_at < budget + 5
+    # training time spent matches the budget within one validation interval
+    assert budget <= seconds[-1] <= budget + interval + 1.0, (seconds, interval)
+
+
+def test_nan_loss_names_the_size_and_update_and_keeps_the_checkpoint(prepared, monkeypatch):
+    from fairseq.criterions.masked_lm import MaskedLmLoss
+    forward, calls = MaskedLmLoss.forward, {"n": 0}
+
+    def poisoned(self, model, sample, reduce=True):
+        loss, sample_size, logging_output = forward(self, model, sample, reduce)
+        calls["n"] += 1
+        if calls["n"] > 6 and model.training:  # after the first curve point (4 updates)
+            loss = loss * float("nan")
+        return loss, sample_size, logging_output
+
+    monkeypatch.setattr(MaskedLmLoss, "forward", poisoned)
+    with pytest.raises(StageError) as e:
+        pretrain.main(["T1"])
+    assert "pretrain T1: loss became NaN/inf after update 4" in str(e.value)
+    assert (WORK_DIR / "pretrain" / "T1" / "checkpoint_last.pt").exists()
+    assert not Path("models/pretrain/T1").exists()
+
+
+def test_out_of_memory_names_the_size_and_suggests_a_smaller_batch(prepared, monkeypatch):
+    from fairseq.criterions.masked_lm import MaskedLmLoss
+
+    def out_of_memory(self, model, sample, reduce=True):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(MaskedLmLoss, "forward", out_of_memory)
+    with pytest.raises(StageError) as e:
+        pretrain.main(["T2"])
+    assert "pretrain T2: does not fit in memory" in str(e.value)
+    assert "Lower max_tokens" in str(e.value)
+
+
+def test_unknown_size_is_refused(prepared):
+    with pytest.raises(StageError) as e:
+        pretrain.main(["L99-H1"])
+    assert "SIZE one of pretrain.sizes ['T1', 'T2']" in str(e.value)
