@@ -8,11 +8,10 @@ reports/curves/finetune-<size>-<task>.csv.
 Usage: python -m stages.finetune SIZE TASK
 """
 import json
-import shutil
 from pathlib import Path
 
-from stages.lib import (WORK_DIR, StageError, budget_flags, device_flags, export_checkpoint, load_params, log,
-                        non_embedding_params, run_stage, schedule_flags, train_with_budget, write_json)
+from stages.lib import (StageError, budget_flags, device_flags, load_params, non_embedding_params, run_stage,
+                        schedule_flags, train_and_export)
 from stages.pretrain import size_flags
 
 
@@ -40,16 +39,10 @@ def main(argv):
         tokens = sample["net_input"]["src_tokens"].numel()
         return tokens, 6.0 * n * tokens
 
-    label, work = f"finetune {name}-{task}", WORK_DIR / "finetune" / f"{name}-{task}"
-    out = Path("models/finetune") / f"{name}-{task}"
-    last = train_with_budget(label, work, args, Path("reports/curves") / f"finetune-{name}-{task}.csv",
-                             flops_of_sample)
-    params_count = export_checkpoint(work / "checkpoint_best.pt", out / "checkpoint.pt")
-    write_json(out / "summary.json", {"size": name, "task": task, **size.model_dump(), "parameters": params_count,
-                                      "budget": cfg.budget.model_dump(), "dev_split": meta["fairseq_splits"]["valid"],
-                                      "final": last})
-    shutil.rmtree(work)
-    log(f"{label}: done, {last['updates']} updates in {last['seconds']} s")
+    train_and_export("finetune", f"{name}-{task}", Path("models/finetune") / f"{name}-{task}", args,
+                     flops_of_sample, keep="best",
+                     summary={"size": name, "task": task, **size.model_dump(), "budget": cfg.budget.model_dump(),
+                              "dev_split": meta["fairseq_splits"]["valid"]})
 
 
 if __name__ == "__main__":

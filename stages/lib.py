@@ -317,7 +317,9 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
                    "tokens": state["tokens"], "flops": f"{state['flops']:.4g}",
                    "train_loss": round(state["loss_sum"] / state["loss_n"], 4) if state["loss_n"] else "",
                    "valid_loss": stats.get("loss", ""), "valid_ppl": stats.get("ppl", ""),
-                   "valid_accuracy": stats.get("accuracy", ""), "valid_bleu": stats.get("bleu", "")}
+                   "valid_accuracy": stats.get("accuracy", ""),
+                   # fairseq logs no BLEU while every hypothesis is empty: that is a BLEU of 0
+                   "valid_bleu": stats.get("bleu", 0.0 if getattr(cfg.task, "eval_bleu", False) else "")}
             state["loss_sum"], state["loss_n"] = 0.0, 0
             rows.append(row)
             write_curve(work_curve, rows)
@@ -357,6 +359,27 @@ def in_context_chain(error: BaseException, kind: type):
     while error is not None and not isinstance(error, kind):
         error = error.__context__
     return error
+
+
+def size_arg(argv, sizes: list, key: str, usage: str) -> str:
+    """The single SIZE argument of a training stage, one of the sizes params.yaml's `key` selects."""
+    if len(argv) != 1 or argv[0] not in sizes:
+        raise StageError(f"usage: {usage}, SIZE one of {key} {sizes}")
+    return argv[0]
+
+
+def train_and_export(stage: str, name: str, out: Path, args: list, flops_of_sample, keep: str,
+                     summary: dict) -> dict:
+    """What every training stage does: train `name` under its budget (resumable, in
+    models/.work/<stage>/<name>), write its curve to reports/curves/<stage>-<name>.csv, export
+    checkpoint_<keep>.pt (last or best) to out/checkpoint.pt with out/summary.json, drop the scratch."""
+    label, work = f"{stage} {name}", WORK_DIR / stage / name
+    last = train_with_budget(label, work, args, Path("reports/curves") / f"{stage}-{name}.csv", flops_of_sample)
+    parameters = export_checkpoint(work / f"checkpoint_{keep}.pt", out / "checkpoint.pt")
+    write_json(out / "summary.json", {**summary, "parameters": parameters, "final": last})
+    shutil.rmtree(work)
+    log(f"{label}: done, {last['updates']} updates in {last['seconds']} s")
+    return last
 
 
 def distributed_master(cfg) -> bool:

@@ -7,20 +7,17 @@ An interrupted run resumes from models/.work/pretrain/<size>/ on the next `dvc r
 
 Usage: python -m stages.pretrain SIZE
 """
-import shutil
 from pathlib import Path
 
-from stages.lib import (WORK_DIR, StageError, budget_flags, device_flags, export_checkpoint, load_params, log,
-                        non_embedding_params, run_stage, schedule_flags, train_with_budget, write_json)
+from stages.lib import (budget_flags, device_flags, load_params, non_embedding_params, run_stage, schedule_flags,
+                        size_arg, train_and_export)
 
 DATA = Path("data/bin/mlm")
 
 
 def main(argv):
     params = load_params()
-    if len(argv) != 1 or argv[0] not in params.pretrain.sizes:
-        raise StageError(f"usage: python -m stages.pretrain SIZE, SIZE one of pretrain.sizes {params.pretrain.sizes}")
-    name = argv[0]
+    name = size_arg(argv, params.pretrain.sizes, "pretrain.sizes", "python -m stages.pretrain SIZE")
     size, cfg = params.models.mlm[name], params.pretrain
     args = [DATA, "--task", "masked_lm", "--criterion", "masked_lm", "--arch", "roberta",
             *size_flags(size, cfg.tokens_per_sample),
@@ -33,16 +30,9 @@ def main(argv):
         tokens = sample["net_input"]["src_tokens"].numel()
         return tokens, 6.0 * n * tokens
 
-    out = Path("models/pretrain") / name
-    last = train_with_budget(f"pretrain {name}", WORK_DIR / "pretrain" / name, args,
-                             Path("reports/curves") / f"pretrain-{name}.csv", flops_of_sample)
-    work = WORK_DIR / "pretrain" / name
-    params_count = export_checkpoint(work / "checkpoint_last.pt", out / "checkpoint.pt")
-    write_json(out / "summary.json", {"size": name, **size.model_dump(), "parameters": params_count,
-                                      "non_embedding_parameters": n, "budget": cfg.budget.model_dump(),
-                                      "final": last})
-    shutil.rmtree(work)
-    log(f"pretrain {name}: done, {last['updates']} updates in {last['seconds']} s")
+    train_and_export("pretrain", name, Path("models/pretrain") / name, args, flops_of_sample, keep="last",
+                     summary={"size": name, **size.model_dump(), "non_embedding_parameters": n,
+                              "budget": cfg.budget.model_dump()})
 
 
 def size_flags(size, max_positions):

@@ -10,20 +10,17 @@ Writes models/mt/<size>/ (checkpoint.pt, summary.json) and reports/curves/train_
 Usage: python -m stages.train_mt SIZE
 """
 import json
-import shutil
 from pathlib import Path
 
-from stages.lib import (WORK_DIR, StageError, budget_flags, device_flags, export_checkpoint, load_params, log,
-                        non_embedding_params, run_stage, schedule_flags, train_with_budget, write_json)
+from stages.lib import (budget_flags, device_flags, load_params, non_embedding_params, run_stage, schedule_flags,
+                        size_arg, train_and_export)
 
 DATA = Path("data/bin/mt")
 
 
 def main(argv):
     params = load_params()
-    if len(argv) != 1 or argv[0] not in params.train_mt.sizes:
-        raise StageError(f"usage: python -m stages.train_mt SIZE, SIZE one of train_mt.sizes {params.train_mt.sizes}")
-    name = argv[0]
+    name = size_arg(argv, params.train_mt.sizes, "train_mt.sizes", "python -m stages.train_mt SIZE")
     size, cfg, tr = params.models.mt[name], params.train_mt, params.data.translation
     bleu_args = json.dumps({"beam": cfg.bleu_beam, "max_len_a": 1.2, "max_len_b": 10})
     args = [DATA, "--task", "translation", "--source-lang", tr.source, "--target-lang", tr.target,
@@ -43,15 +40,9 @@ def main(argv):
         source, target = sample["net_input"]["src_tokens"].numel(), sample["target"].numel()
         return source + target, 6.0 * (n_encoder * source + n_decoder * target)
 
-    label, work, out = f"train_mt {name}", WORK_DIR / "train_mt" / name, Path("models/mt") / name
-    last = train_with_budget(label, work, args, Path("reports/curves") / f"train_mt-{name}.csv", flops_of_sample)
-    params_count = export_checkpoint(work / "checkpoint_best.pt", out / "checkpoint.pt")
-    write_json(out / "summary.json", {"size": name, **size.model_dump(), "parameters": params_count,
-                                      "non_embedding_parameters": n_encoder + n_decoder,
-                                      "source": tr.source, "target": tr.target,
-                                      "budget": cfg.budget.model_dump(), "final": last})
-    shutil.rmtree(work)
-    log(f"{label}: done, {last['updates']} updates in {last['seconds']} s")
+    train_and_export("train_mt", name, Path("models/mt") / name, args, flops_of_sample, keep="best",
+                     summary={"size": name, **size.model_dump(), "non_embedding_parameters": n_encoder + n_decoder,
+                              "source": tr.source, "target": tr.target, "budget": cfg.budget.model_dump()})
 
 
 if __name__ == "__main__":

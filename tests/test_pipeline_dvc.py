@@ -81,15 +81,15 @@ def test_vocab_change_reruns_prepare_stages_only(dvc_project):
 
 def test_push_and_pull_through_a_local_remote(dvc_project, tmp_path):
     run("dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
-    run("dvc", "push")
+    run("dvc", "push", *DATA_STAGES)
     before = {p: sha256(p) for p in Path("data").rglob("*") if p.is_file() and ".gitignore" not in p.name}
     shutil.rmtree("data/raw")
     shutil.rmtree("data/bin")
     shutil.rmtree(".dvc/cache")
-    run("dvc", "pull")
+    run("dvc", "pull", *DATA_STAGES)
     after = {p: sha256(p) for p in Path("data").rglob("*") if p.is_file() and ".gitignore" not in p.name}
     assert after == before
-    assert "up to date" in run("dvc", "status").stdout
+    assert "up to date" in run("dvc", "status", *DATA_STAGES).stdout
 
 
 def test_bad_input_stops_the_stage_and_keeps_other_outputs(dvc_project):
