@@ -3,6 +3,7 @@ and running fairseq's command-line tools in-process."""
 import argparse
 import math
 import contextlib
+import csv
 import hashlib
 import importlib
 import json
@@ -272,7 +273,6 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
     curve to `curve_path` (one row per validation point) and returns the last row.
 
     flops_of_sample(sample) -> (tokens, flops) estimates the training cost of one batch."""
-    import csv
     import torch
     from fairseq import trainer as fairseq_trainer
     import fairseq_cli.train as train_cli
@@ -387,7 +387,6 @@ def distributed_master(cfg) -> bool:
 
 
 def write_curve(path: Path, rows: list) -> None:
-    import csv
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, CURVE_FIELDS)
@@ -398,7 +397,6 @@ def write_curve(path: Path, rows: list) -> None:
 
 def resume_curve(curve: Path, checkpoint: Path) -> list:
     """Curve rows of an interrupted run, cut back to its last checkpoint (rows after it are redone)."""
-    import csv
     if not (curve.exists() and checkpoint.exists()):
         return []
     updates = checkpoint_updates(checkpoint)
