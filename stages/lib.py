@@ -285,6 +285,7 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
     work.mkdir(parents=True, exist_ok=True)
     fingerprint_file.write_text(fingerprint)
 
+    repair_checkpoints(work, label)
     work_curve = work / "curve.csv"
     rows = resume_curve(work_curve, work / "checkpoint_last.pt")
     if rows:
@@ -402,6 +403,34 @@ def resume_curve(curve: Path, checkpoint: Path) -> list:
     updates = checkpoint_updates(checkpoint)
     with open(curve) as f:
         return [row for row in csv.DictReader(f) if int(row["updates"]) <= updates]
+
+
+def repair_checkpoints(work: Path, label: str) -> None:
+    """fairseq writes checkpoint_<epoch>_<updates>.pt atomically, then copies it to checkpoint_best.pt
+    and checkpoint_last.pt, not atomically: a kill during a copy leaves a truncated file. Replace a
+    truncated last with the newest intact interval checkpoint; drop a truncated best (fairseq writes
+    it again at the next improvement over the best score recorded in last)."""
+    def readable(path):
+        try:
+            load_checkpoint(path, mmap=True)
+            return True
+        except Exception:
+            return False
+
+    last, best = work / "checkpoint_last.pt", work / "checkpoint_best.pt"
+    if last.exists() and not readable(last):
+        intervals = sorted(work.glob("checkpoint_*_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]), reverse=True)
+        intact = next((p for p in intervals if readable(p)), None)
+        if intact is None:
+            log(f"{label}: {last} is truncated and no intact checkpoint is left; starting over")
+            last.unlink()
+        else:
+            log(f"{label}: {last} is truncated (killed while copying); resuming from {intact.name}")
+            shutil.copy(intact, last.with_suffix(".tmp"))
+            os.replace(last.with_suffix(".tmp"), last)
+    if best.exists() and not readable(best):
+        log(f"{label}: dropping truncated {best}")
+        best.unlink()
 
 
 def checkpoint_updates(checkpoint: Path) -> int:

@@ -122,6 +122,19 @@ def test_kill_and_resume_with_an_update_budget(prepared):
     assert updates == list(range(4, 41, 4))  # every point once, none redone twice, none lost
 
 
+def test_resume_survives_a_kill_during_a_checkpoint_copy(prepared):
+    """fairseq copies the checkpoint to checkpoint_last.pt non-atomically; a kill there truncates it."""
+    set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": None, "updates": 24}))
+    work = WORK_DIR / "pretrain" / "T2"
+    kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 3)
+    time.sleep(0.5)
+    last = work / "checkpoint_last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    pretrain.main(["T2"])
+    updates = [int(r["updates"]) for r in read_curve("reports/curves/pretrain-T2.csv")]
+    assert updates == list(range(4, 25, 4))
+
+
 def test_kill_and_resume_with_a_time_budget(prepared):
     budget = 12.0
     set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": budget, "updates": None}))
