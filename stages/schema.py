@@ -177,6 +177,33 @@ class TrainMt(Optimization):
     bleu_beam: int = Field(ge=1)                 # beam for the BLEU points of the curve
 
 
+class Compress(Strict):
+    # fraction of the Transformer layers' weights set to zero by magnitude (0: dense)
+    sparsities: list[float] = Field(min_length=1)
+    pruning: Literal["global", "layer"]          # one magnitude threshold over all layers, or per matrix
+    bits: list[int] = Field(min_length=1)        # simulated symmetric uniform quantization, k bits
+    granularity: Literal["tensor", "channel"]    # one quantization scale per matrix or per output row
+    onnx_sparsities: list[float]                 # exported to ONNX fp32 and ONNX Runtime int8
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for key, values in (("sparsities", self.sparsities), ("onnx_sparsities", self.onnx_sparsities)):
+            for i, s in enumerate(values):
+                if not 0 <= s < 1:
+                    raise ValueError(f"{key}.{i}: sparsity {s} is outside [0, 1)")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key}: values are listed twice: {values}")
+        for i, b in enumerate(self.bits):
+            if not 2 <= b <= 16:
+                raise ValueError(f"bits.{i}: {b} is outside 2..16")
+        if len(set(self.bits)) != len(self.bits):
+            raise ValueError(f"bits: values are listed twice: {self.bits}")
+        missing = [s for s in self.onnx_sparsities if s not in self.sparsities]
+        if missing:
+            raise ValueError(f"onnx_sparsities: {missing} not in sparsities {self.sparsities}")
+        return self
+
+
 class Params(Strict):
     data: Data
     prepare_mlm: PrepareMlm
@@ -187,6 +214,7 @@ class Params(Strict):
     pretrain: Pretrain
     finetune: Finetune
     train_mt: TrainMt
+    compress: Compress
     datasets: dict[str, Dataset]
 
     @model_validator(mode="after")

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny data mirror made here, and a project directory whose params.yaml is the real
 one with the catalog pointed at that mirror (so tests follow the real schema and dvc.yaml)."""
 import gzip
+import os
 import hashlib
 import io
 import random
@@ -141,3 +142,62 @@ def set_params(project: Path, edit) -> None:
 
 def venv_bin() -> Path:
     return Path(sys.executable).parent
+
+
+TINY = {"T1": {"layers": 1, "hidden": 32, "ffn": 64, "heads": 2},
+        "T2": {"layers": 2, "hidden": 48, "ffn": 96, "heads": 2}}
+
+
+def tiny_training(p, pretrain_updates=12, finetune_updates=60, mt_updates=12):
+    p["models"] = {"mlm": TINY, "mt": TINY}
+    p["training"].update(device="cpu", threads=1)
+    p["pretrain"].update(sizes=["T1", "T2"], budget={"seconds": None, "updates": pretrain_updates},
+                         tokens_per_sample=32, max_tokens=256, warmup_updates=2, lr=0.002,
+                         validate_every=4, valid_batches=2)
+    p["finetune"].update(budget={"seconds": None, "updates": finetune_updates}, batch_size=8, lr=0.004,
+                         warmup_updates=2, dropout=0.0, weight_decay=0.0, validate_every=15, valid_batches=4)
+    p["train_mt"].update(sizes=["T1", "T2"], budget={"seconds": None, "updates": mt_updates}, max_tokens=256,
+                         warmup_updates=2, lr=0.002, validate_every=4, valid_batches=2)
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory):
+    """A tiny project with every training stage run once, shared by the tests downstream of training
+    (compression, conversion, evaluation): models/finetune/T1-sst2 (learns the separable task),
+    models/finetune/T2-sst2, models/mt/T1 and models/mt/T2 (trained to copy the word-reversal task).
+    Tests must treat it as read-only except for their own outputs; use `in_trained_project` to run there."""
+    from stages import fetch, finetune, prepare_glue, prepare_mlm, prepare_mt, pretrain, train_mt
+    root = tmp_path_factory.mktemp("trained")
+    project = make_tiny_project(root)
+
+    def edit(p):
+        tiny_training(p, finetune_updates=60, mt_updates=150)
+        p["train_mt"].update(validate_every=50, lr=0.005)
+    set_params(project, edit)
+    cwd, mirror = os.getcwd(), os.environ.get("DATA_MIRROR")
+    os.chdir(project)
+    os.environ["DATA_MIRROR"] = str(root / "mirror")
+    try:
+        for name in ("wikitext2", "sst2", "rte", "multi30k"):
+            fetch.main([name])
+        prepare_mlm.main([])
+        prepare_glue.main(["sst2"])
+        prepare_glue.main(["rte"])
+        prepare_mt.main([])
+        for size in ("T1", "T2"):
+            pretrain.main([size])
+            finetune.main([size, "sst2"])
+            train_mt.main([size])
+    finally:
+        os.chdir(cwd)
+        if mirror is None:
+            os.environ.pop("DATA_MIRROR", None)
+        else:
+            os.environ["DATA_MIRROR"] = mirror
+    return project
+
+
+@pytest.fixture
+def in_trained_project(trained_project, monkeypatch):
+    monkeypatch.chdir(trained_project)
+    return trained_project

@@ -10,25 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import set_params
+from conftest import set_params, tiny_training
 from stages import fetch, finetune, prepare_glue, prepare_mlm, prepare_mt, pretrain, train_mt
 from stages.lib import WORK_DIR, StageError, load_checkpoint
-
-TINY = {"T1": {"layers": 1, "hidden": 32, "ffn": 64, "heads": 2},
-        "T2": {"layers": 2, "hidden": 48, "ffn": 96, "heads": 2}}
-
-
-def tiny_training(p, pretrain_updates=12, finetune_updates=60, mt_updates=12):
-    p["models"] = {"mlm": TINY, "mt": TINY}
-    p["training"].update(device="cpu", threads=1)
-    p["pretrain"].update(sizes=["T1", "T2"], budget={"seconds": None, "updates": pretrain_updates},
-                         tokens_per_sample=32, max_tokens=256, warmup_updates=2, lr=0.002,
-                         validate_every=4, valid_batches=2)
-    p["finetune"].update(budget={"seconds": None, "updates": finetune_updates}, batch_size=8, lr=0.004,
-                         warmup_updates=2, dropout=0.0, weight_decay=0.0, validate_every=15, valid_batches=4)
-    p["train_mt"].update(sizes=["T1", "T2"], budget={"seconds": None, "updates": mt_updates}, max_tokens=256,
-                         warmup_updates=2, lr=0.002, validate_every=4, valid_batches=2)
-
 
 def read_curve(path) -> list[dict]:
     with open(path) as f:

@@ -1,0 +1,221 @@
+"""compress: every compressed variant of one fine-tuned model, in one process (importing torch and
+fairseq costs more than compressing a small model).
+
+For each sparsity in `compress.sparsities`: unstructured magnitude pruning of the Transformer layers'
+weight matrices (attention projections and FFN; embeddings, layer norms, biases and the classifier head
+stay dense, as in the paper), then that pruned model as fp32 and as simulated symmetric uniform k-bit
+quantization for each k in `compress.bits`. Pruned zeros stay zero under quantization (code 0).
+For each sparsity in `compress.onnx_sparsities`: the deployment models, converted to transformers,
+exported to ONNX with optimum and quantized to int8 with ONNX Runtime (dynamic, per channel).
+
+Each variant stores only the matrices compression changes (k-bit variants as packed k-bit codes plus
+scales, so bytes on disk are honest); `load_variant` puts them back into the source checkpoint.
+ONNX variants are standalone directories that optimum loads. Every variant has a variant.json.
+
+Writes models/compressed/<size>-<task>/ (GLUE) or models/compressed/mt-<size>/ (translation).
+
+Usage: python -m stages.compress glue SIZE TASK
+       python -m stages.compress mt SIZE
+"""
+import io
+import json
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.lib import StageError, atomic_dir, load_checkpoint, load_params, log, run_stage, write_json
+
+# the weight matrices of attention (self and encoder-decoder) and FFN in every layer, fairseq names
+LAYER_MATRIX = re.compile(r"layers\.\d+\.((self_attn|encoder_attn)\.(q|k|v|out)_proj|fc1|fc2)\.weight$")
+WEIGHTS_FILE = "weights.pt"
+VARIANT_FILE = "variant.json"
+
+
+def main(argv):
+    params = load_params()
+    cfg = params.compress
+    if argv[:1] == ["glue"] and len(argv) == 3 and argv[1] in params.pretrain.sizes \
+            and argv[2] in params.data.glue_tasks:
+        size_name, task = argv[1:]
+        name, size = f"{size_name}-{task}", params.models.mlm[size_name]
+        source = Path("models/finetune") / name
+    elif argv[:1] == ["mt"] and len(argv) == 2 and argv[1] in params.train_mt.sizes:
+        size_name, task = argv[1], "translation"
+        name, size = f"mt-{size_name}", params.models.mt[size_name]
+        source = Path("models/mt") / size_name
+    else:
+        raise StageError("usage: python -m stages.compress glue SIZE TASK | mt SIZE, with SIZE one of "
+                         f"pretrain.sizes {params.pretrain.sizes} (glue) or train_mt.sizes "
+                         f"{params.train_mt.sizes} (mt), TASK one of data.glue_tasks {params.data.glue_tasks}")
+    checkpoint = load_checkpoint(source / "checkpoint.pt")
+    state = checkpoint["model"]
+    matrices = [k for k in state if LAYER_MATRIX.search(k)]
+    if not matrices:
+        raise StageError(f"{source}/checkpoint.pt: no Transformer layer weight matrices found")
+    described = {"size": size_name, "task": task, **size.model_dump(), "source": str(source / "checkpoint.pt"),
+                 "pruning": cfg.pruning, "granularity": cfg.granularity}
+    # zip of the weights that no variant changes, stored once; every variant's zip size adds it
+    dense_zip = zip_bytes({k: v for k, v in state.items() if k not in matrices and counted(k, v)})
+    total = sum(v.numel() for k, v in state.items() if counted(k, v))
+
+    out = Path("models/compressed") / name
+    with atomic_dir(out) as tmp:
+        for sparsity in cfg.sparsities:
+            pruned = prune({k: state[k] for k in matrices}, sparsity, cfg.pruning)
+            zeros = sum(int((w == 0).sum()) for w in pruned.values())
+            measured = zeros / sum(w.numel() for w in pruned.values())
+            zeros_outside = count_zeros_outside(state, matrices)
+            common = {**described, "target_sparsity": sparsity, "sparsity": round(measured, 6),
+                      "parameters": total, "nonzero_parameters": total - zeros - zeros_outside}
+            for bits in [32, *cfg.bits]:
+                variant = tmp / variant_name(sparsity, bits)
+                variant.mkdir()
+                stored = pruned if bits == 32 else {k: quantize(w, bits, cfg.granularity) for k, w in pruned.items()}
+                # rounding sends more small weights to zero
+                nonzero = common["nonzero_parameters"] if bits == 32 else \
+                    total - zeros_outside - sum(int((dequantize(q) == 0).sum()) for q in stored.values())
+                torch.save(stored, variant / WEIGHTS_FILE)
+                matrix_bytes = sum(w.numel() * bits // 8 for w in pruned.values())
+                write_json(variant / VARIANT_FILE, {
+                    **common, "variant": variant.name, "bits": bits, "nonzero_parameters": nonzero,
+                    "format": "fairseq fp32" if bits == 32 else "simulated k-bit",
+                    # a standalone model at this precision: the matrices at k bits (+ scales), the rest fp32
+                    "bytes": matrix_bytes + scale_bytes(stored) + 4 * (total - sum(w.numel() for w in pruned.values())),
+                    "bytes_zip": dense_zip + zip_bytes(packed_tensors(stored)),
+                    "files": {WEIGHTS_FILE: (variant / WEIGHTS_FILE).stat().st_size}})
+            log(f"compress {name}: sparsity {sparsity} (measured {measured:.4f}): fp32 + {cfg.bits} bits")
+            if sparsity in cfg.onnx_sparsities:
+                export_onnx(task, {**checkpoint, "model": {**state, **pruned}}, tmp, sparsity, common)
+                log(f"compress {name}: sparsity {sparsity}: ONNX fp32 + int8")
+    log(f"wrote {out}")
+
+
+def counted(name: str, tensor) -> bool:
+    """Model parameters, not fairseq's bookkeeping buffers (version numbers, a dtype probe)."""
+    return torch.is_floating_point(tensor) and not name.endswith(("version", "_float_tensor"))
+
+
+def count_zeros_outside(state: dict, matrices: list) -> int:
+    return sum(int((v == 0).sum()) for k, v in state.items() if k not in matrices and counted(k, v))
+
+
+def variant_name(sparsity: float, bits: int, onnx: str | None = None) -> str:
+    precision = "fp32" if bits == 32 else f"q{bits}"
+    return f"onnx-s{sparsity:.2f}-{onnx}" if onnx else f"s{sparsity:.2f}-{precision}"
+
+
+def prune(matrices: dict, sparsity: float, scope: str) -> dict:
+    """Zero the `sparsity` fraction of smallest-magnitude weights: over all matrices together (global)
+    or in each matrix separately (layer)."""
+    if sparsity == 0:
+        return {k: w.clone() for k, w in matrices.items()}
+    if scope == "global":
+        threshold = kth_magnitude(torch.cat([w.abs().flatten() for w in matrices.values()]), sparsity)
+        return {k: torch.where(w.abs() > threshold, w, 0.0) for k, w in matrices.items()}
+    return {k: torch.where(w.abs() > kth_magnitude(w.abs().flatten(), sparsity), w, 0.0)
+            for k, w in matrices.items()}
+
+
+def kth_magnitude(magnitudes, fraction: float):
+    k = int(round(fraction * magnitudes.numel()))
+    return magnitudes.kthvalue(k).values if k > 0 else magnitudes.new_tensor(-1.0)
+
+
+def quantize(weight, bits: int, granularity: str) -> dict:
+    """Symmetric uniform quantization: codes in [-(2^(k-1)-1), 2^(k-1)-1] and a scale per matrix or per
+    output row; codes are packed k bits each."""
+    levels = 2 ** (bits - 1) - 1
+    peak = weight.abs().amax(dim=1, keepdim=True) if granularity == "channel" else weight.abs().max()
+    scale = torch.where(peak > 0, peak / levels, torch.ones_like(peak))
+    codes = torch.clamp(torch.round(weight / scale), -levels, levels).to(torch.int32)
+    return {"codes": pack_bits((codes + levels).numpy().ravel(), bits), "scale": scale.float(),
+            "bits": bits, "shape": list(weight.shape)}
+
+
+def dequantize(stored: dict):
+    levels = 2 ** (stored["bits"] - 1) - 1
+    n = int(np.prod(stored["shape"]))
+    codes = torch.from_numpy(unpack_bits(stored["codes"], stored["bits"], n).astype(np.int32) - levels)
+    return codes.reshape(stored["shape"]).float() * stored["scale"]
+
+
+def pack_bits(values: np.ndarray, bits: int):
+    """Unsigned integers < 2**bits, packed `bits` bits each (big-endian) into a uint8 tensor."""
+    as_bits = np.unpackbits(values.astype(">u2").view(np.uint8).reshape(-1, 2), axis=1)[:, 16 - bits:]
+    return torch.from_numpy(np.packbits(as_bits.ravel()))
+
+
+def unpack_bits(packed, bits: int, n: int) -> np.ndarray:
+    as_bits = np.unpackbits(packed.numpy())[: n * bits].reshape(n, bits)
+    full = np.zeros((n, 16), dtype=np.uint8)
+    full[:, 16 - bits:] = as_bits
+    return np.packbits(full, axis=1).view(">u2").ravel().astype(np.int64)
+
+
+def scale_bytes(stored: dict) -> int:
+    return sum(4 * v["scale"].numel() for v in stored.values() if isinstance(v, dict))
+
+
+def packed_tensors(stored: dict) -> dict:
+    """The tensors a variant stores, flattened: fp32 matrices, or packed codes and scales."""
+    flat = {}
+    for k, v in stored.items():
+        if isinstance(v, dict):
+            flat[f"{k}.codes"], flat[f"{k}.scale"] = v["codes"], v["scale"]
+        else:
+            flat[k] = v
+    return flat
+
+
+def zip_bytes(tensors: dict) -> int:
+    """Size of a zip (deflate) holding each tensor's raw bytes: what sparsity saves in storage."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for k, v in tensors.items():
+            z.writestr(k, v.contiguous().numpy().tobytes())
+    return buffer.tell()
+
+
+def load_variant(variant: Path) -> dict:
+    """A variant as a full fairseq checkpoint dict (the source checkpoint with the variant's matrices)."""
+    described = json.loads((variant / VARIANT_FILE).read_text())
+    if described["format"].startswith("ONNX"):
+        raise StageError(f"{variant}: an ONNX variant; load it with optimum.onnxruntime")
+    checkpoint = load_checkpoint(Path(described["source"]))
+    stored = torch.load(variant / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    checkpoint["model"].update({k: dequantize(v) if isinstance(v, dict) else v for k, v in stored.items()})
+    return checkpoint
+
+
+def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common: dict) -> None:
+    """The deployment models of one pruned checkpoint: ONNX fp32 and ONNX Runtime int8."""
+    fp32, int8 = out / variant_name(sparsity, 32, "fp32"), out / variant_name(sparsity, 8, "int8")
+    with tempfile.TemporaryDirectory() as hf_dir:
+        if task == "translation":
+            from stages.hf_m2m100 import export_onnx_translator, save_transformers_translator
+            save_transformers_translator(checkpoint, Path(hf_dir))
+            export_onnx_translator(Path(hf_dir), fp32, int8)
+        else:
+            from stages.hf_roberta import export_onnx_classifier, save_transformers_classifier
+            meta = json.loads((Path("data/bin/glue") / task / "meta.json").read_text())
+            save_transformers_classifier(checkpoint, Path("data/bin/mlm/spm.model"), meta["labels"], Path(hf_dir))
+            export_onnx_classifier(Path(hf_dir), fp32, int8)
+    for directory, bits, fmt in ((fp32, 32, "ONNX fp32"), (int8, 8, "ONNX int8")):
+        onnx_files = sorted(directory.glob("*.onnx"))
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in onnx_files:
+                z.write(f, f.name)
+        write_json(directory / VARIANT_FILE, {
+            **common, "variant": directory.name, "bits": bits, "format": fmt,
+            "bytes": sum(f.stat().st_size for f in onnx_files), "bytes_zip": buffer.tell(),
+            "files": {f.name: f.stat().st_size for f in onnx_files}})
+
+
+if __name__ == "__main__":
+    run_stage(main)
