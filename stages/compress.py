@@ -39,19 +39,7 @@ VARIANT_FILE = "variant.json"
 def main(argv):
     params = load_params()
     cfg = params.compress
-    if argv[:1] == ["glue"] and len(argv) == 3 and argv[1] in params.pretrain.sizes \
-            and argv[2] in params.data.glue_tasks:
-        size_name, task = argv[1:]
-        name, size = f"{size_name}-{task}", params.models.mlm[size_name]
-        source = Path("models/finetune") / name
-    elif argv[:1] == ["mt"] and len(argv) == 2 and argv[1] in params.train_mt.sizes:
-        size_name, task = argv[1], "translation"
-        name, size = f"mt-{size_name}", params.models.mt[size_name]
-        source = Path("models/mt") / size_name
-    else:
-        raise StageError("usage: python -m stages.compress glue SIZE TASK | mt SIZE, with SIZE one of "
-                         f"pretrain.sizes {params.pretrain.sizes} (glue) or train_mt.sizes "
-                         f"{params.train_mt.sizes} (mt), TASK one of data.glue_tasks {params.data.glue_tasks}")
+    name, size_name, task, size, source = model_arg(argv, params, "compress")
     checkpoint = load_checkpoint(source / "checkpoint.pt")
     state = checkpoint["model"]
     matrices = [k for k in state if LAYER_MATRIX.search(k)]
@@ -93,6 +81,20 @@ def main(argv):
                 export_onnx(task, {**checkpoint, "model": {**state, **pruned}}, tmp, sparsity, common)
                 log(f"compress {name}: sparsity {sparsity}: ONNX fp32 + int8")
     log(f"wrote {out}")
+
+
+def model_arg(argv, params, stage: str):
+    """The model a per-model stage works on: `glue SIZE TASK` or `mt SIZE`. Returns its name (the
+    directory under models/compressed), size name, task ("translation" for mt), size and source dir."""
+    if argv[:1] == ["glue"] and len(argv) == 3 and argv[1] in params.pretrain.sizes \
+            and argv[2] in params.data.glue_tasks:
+        return f"{argv[1]}-{argv[2]}", argv[1], argv[2], params.models.mlm[argv[1]], \
+            Path("models/finetune") / f"{argv[1]}-{argv[2]}"
+    if argv[:1] == ["mt"] and len(argv) == 2 and argv[1] in params.train_mt.sizes:
+        return f"mt-{argv[1]}", argv[1], "translation", params.models.mt[argv[1]], Path("models/mt") / argv[1]
+    raise StageError(f"usage: python -m stages.{stage} glue SIZE TASK | mt SIZE, with SIZE one of "
+                     f"pretrain.sizes {params.pretrain.sizes} (glue) or train_mt.sizes {params.train_mt.sizes} "
+                     f"(mt), TASK one of data.glue_tasks {params.data.glue_tasks}")
 
 
 def counted(name: str, tensor) -> bool:
@@ -192,6 +194,13 @@ def load_variant(variant: Path) -> dict:
     return checkpoint
 
 
+def class_labels(task: str) -> list[str]:
+    """Labels in the classifier's output order: fairseq-preprocess's label dictionary (sorted by
+    frequency, so not the order of the task's own label list), without fairseq's padding symbols."""
+    lines = (Path("data/bin/glue") / task / "label" / "dict.txt").read_text().splitlines()
+    return [line.split()[0] for line in lines if not line.startswith("madeupword")]
+
+
 def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common: dict) -> None:
     """The deployment models of one pruned checkpoint: ONNX fp32 and ONNX Runtime int8."""
     fp32, int8 = out / variant_name(sparsity, 32, "fp32"), out / variant_name(sparsity, 8, "int8")
@@ -202,8 +211,7 @@ def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common:
             export_onnx_translator(Path(hf_dir), fp32, int8)
         else:
             from stages.hf_roberta import export_onnx_classifier, save_transformers_classifier
-            meta = json.loads((Path("data/bin/glue") / task / "meta.json").read_text())
-            save_transformers_classifier(checkpoint, Path("data/bin/mlm/spm.model"), meta["labels"], Path(hf_dir))
+            save_transformers_classifier(checkpoint, Path("data/bin/mlm/spm.model"), class_labels(task), Path(hf_dir))
             export_onnx_classifier(Path(hf_dir), fp32, int8)
     for directory, bits, fmt in ((fp32, 32, "ONNX fp32"), (int8, 8, "ONNX int8")):
         onnx_files = sorted(directory.glob("*.onnx"))

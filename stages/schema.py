@@ -204,6 +204,17 @@ class Compress(Strict):
         return self
 
 
+class Evaluate(Strict):
+    max_dev_examples: Cap = Field(ge=1)          # per GLUE dev split (null: all); recorded in each row
+    max_test_sentences: Cap = Field(ge=1)        # translation test set
+    beam: int = Field(ge=1)                      # beam search for BLEU
+    batch_size: int = Field(ge=1)                # evaluation batch and the throughput batch
+    threads: int = Field(ge=1)                   # fixed for every timing
+    repeats: int = Field(ge=1)                   # timings are the median of this many runs
+    latency_examples: int = Field(ge=1)          # batch-1 inputs per timed run
+    bootstrap: int = Field(ge=10)                # resamples for the 95% confidence intervals
+
+
 class Params(Strict):
     data: Data
     prepare_mlm: PrepareMlm
@@ -215,6 +226,7 @@ class Params(Strict):
     finetune: Finetune
     train_mt: TrainMt
     compress: Compress
+    evaluate: Evaluate
     datasets: dict[str, Dataset]
 
     @model_validator(mode="after")

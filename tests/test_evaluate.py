@@ -1,0 +1,70 @@
+"""Evaluation sanity on tiny trained models: a separable task scores near 100% and its 90%-pruned copy
+lower; the CSV has a row with a value for every variant; broken ONNX files are named."""
+import csv
+from pathlib import Path
+
+import pytest
+
+from conftest import set_params
+from stages import compress, evaluate
+from stages.lib import StageError
+
+
+def read_rows(path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def configure(p, onnx_sparsities=()):
+    p["compress"] = {"sparsities": [0.0, 0.9, 0.99], "pruning": "global", "bits": [2, 8], "granularity": "channel",
+                     "onnx_sparsities": list(onnx_sparsities)}
+    p["evaluate"].update(threads=1, repeats=2, latency_examples=4, batch_size=8, bootstrap=200, beam=2,
+                         max_test_sentences=12)
+
+
+def test_separable_task_scores_high_and_pruning_90_percent_costs_accuracy(in_trained_project):
+    set_params(in_trained_project, configure)
+    compress.main(["glue", "T1", "sst2"])
+    evaluate.main(["glue", "T1", "sst2"])
+    rows = {(r["variant"], r["metric"]): r for r in read_rows("reports/eval/T1-sst2.csv")}
+    assert sorted({v for v, _ in rows}) == sorted(f"s{s}-{b}" for s in ("0.00", "0.90", "0.99")
+                                                  for b in ("fp32", "q2", "q8"))
+    assert {m for _, m in rows} == {"accuracy", "loss"}
+    dense, dense_loss = rows["s0.00-fp32", "accuracy"], rows["s0.00-fp32", "loss"]
+    assert dense["split"] == "dev" and int(dense["examples"]) == 30
+    assert float(dense["value"]) >= 90
+    assert float(dense["ci_low"]) <= float(dense["value"]) <= float(dense["ci_high"])
+    assert abs(float(rows["s0.00-q8", "accuracy"]["value"]) - float(dense["value"])) <= 5  # 8 bits: ~lossless
+    # pruning 90% of a 1-layer model's matrices erodes its margin (dev loss); 99% its accuracy too
+    assert float(rows["s0.90-fp32", "loss"]["value"]) > float(dense_loss["value"])
+    assert float(rows["s0.99-fp32", "accuracy"]["value"]) < float(dense["value"])
+    assert float(dense["latency_ms"]) > 0 and float(dense["throughput"]) > 0  # the deployment format is timed
+    assert rows["s0.90-q2", "accuracy"]["latency_ms"] == ""  # simulated variants run the same dense kernels: not timed
+    assert all(r["value"] != "" and r["hardware"] for r in rows.values())
+
+
+def test_capped_dev_set_is_recorded(in_trained_project):
+    def edit(p):
+        configure(p)
+        p["evaluate"]["max_dev_examples"] = 10
+    set_params(in_trained_project, edit)
+    compress.main(["glue", "T1", "sst2"])
+    evaluate.main(["glue", "T1", "sst2"])
+    assert {r["examples"] for r in read_rows("reports/eval/T1-sst2.csv")} == {"10"}
+
+
+def test_translation_variants_get_bleu_with_its_signature(in_trained_project):
+    set_params(in_trained_project, configure)
+    compress.main(["mt", "T1"])
+    evaluate.main(["mt", "T1"])
+    rows = read_rows("reports/eval/mt-T1.csv")
+    assert len(rows) == 9 and all(r["metric"] == "bleu" and r["value"] != "" for r in rows)
+    assert all("nrefs:1" in r["details"] and "tok:13a" in r["details"] for r in rows)
+    assert {r["examples"] for r in rows} == {"12"}
+
+
+def test_missing_compressed_model_says_which_stage_to_run(in_trained_project):
+    set_params(in_trained_project, configure)
+    with pytest.raises(StageError) as e:
+        evaluate.main(["glue", "T2", "rte"])  # T2-rte was never fine-tuned nor compressed
+    assert "models/compressed/T2-rte: no variants" in str(e.value)
