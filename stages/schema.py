@@ -215,6 +215,17 @@ class Evaluate(Strict):
     bootstrap: int = Field(ge=10)                # resamples for the 95% confidence intervals
 
 
+class Report(Strict):
+    loss_tolerance: float = Field(ge=0)          # bits; loss differences below this are ties in the verdicts
+    max_bytes: int | None = Field(ge=1)          # deployment limit for the recommendation (zipped bytes)
+    max_latency_ms: float | None = Field(gt=0)   # deployment limit: batch-1 latency
+
+
+class Check(Strict):
+    # allowed drop of each headline metric against reports/baseline.json, by metric name prefix
+    tolerance: dict[str, float] = Field(min_length=1)
+
+
 class Params(Strict):
     data: Data
     prepare_mlm: PrepareMlm
@@ -227,6 +238,8 @@ class Params(Strict):
     train_mt: TrainMt
     compress: Compress
     evaluate: Evaluate
+    report: Report
+    check: Check
     datasets: dict[str, Dataset]
 
     @model_validator(mode="after")

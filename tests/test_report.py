@@ -1,0 +1,95 @@
+"""Report and regression check on the tiny trained models: every figure exists with labelled axes, the
+report's tables match variants.csv, verdicts are stated, and the check catches a degraded metric."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import set_params
+from stages import check, compress, evaluate, report, tabulate
+
+FIGURES = ["mlm_curves", "mt_curves", "sparsity", "bits", "frontier", "latency"]
+
+
+def configure(p):
+    p["data"]["glue_tasks"] = ["sst2"]
+    p["compress"] = {"sparsities": [0.0, 0.5, 0.9], "pruning": "global", "bits": [4, 8], "granularity": "channel",
+                     "onnx_sparsities": [0.0]}
+    p["evaluate"].update(threads=1, repeats=2, latency_examples=4, batch_size=8, bootstrap=200, beam=2,
+                         max_test_sentences=12)
+
+
+@pytest.fixture(scope="module")
+def reported_once(trained_project):
+    """Compress, evaluate, tabulate and report once for the module (the tests only read, or restore)."""
+    set_params(trained_project, configure)
+    cwd = os.getcwd()
+    os.chdir(trained_project)
+    try:
+        for size in ("T1", "T2"):
+            for args in (["glue", size, "sst2"], ["mt", size]):
+                compress.main(args)
+                evaluate.main(args)
+        tabulate.main([])
+        report.main([])
+    finally:
+        os.chdir(cwd)
+    return trained_project
+
+
+@pytest.fixture
+def reported(reported_once, in_trained_project):
+    metrics = (reported_once / "reports/metrics.json").read_text()
+    yield reported_once
+    (reported_once / "reports/metrics.json").write_text(metrics)
+
+
+def test_report_has_every_figure_table_and_verdict(reported, monkeypatch):
+    variants = pd.read_csv("reports/variants.csv")
+    assert set(variants.variant) >= {"s0.00-fp32", "s0.90-q4", "onnx-s0.00-fp32", "onnx-s0.00-int8"}
+    assert variants.value.notna().all()
+    for name in FIGURES:
+        for suffix in ("png", "svg"):
+            assert (reported / "reports/figures" / f"{name}.{suffix}").stat().st_size > 1000
+        Image.open(reported / "reports/figures" / f"{name}.png").verify()
+        svg = (reported / "reports/figures" / f"{name}.svg").read_text()
+        assert "legend" in svg
+    text = (reported / "reports/report.md").read_text()
+    for claim in "abcd":
+        assert re.search(rf"\| \({claim}\) [^|]+ \| \*\*(holds|does not hold|inconclusive)\*\* \|", text), claim
+    # the tables are the numbers of variants.csv
+    dense = variants[(variants.variant == "s0.00-fp32") & (variants.metric == "accuracy")]
+    for row in dense.itertuples():
+        assert f"{row.value:.4g}" in text
+    assert "## Recommendation" in text and "torch" in text
+    metrics = json.loads((reported / "reports/metrics.json").read_text())
+    assert set(metrics) == {"sst2", "translation"}
+    assert {"accuracy_fp32", "accuracy_onnx_int8", "latency_ms_onnx_int8"} <= set(metrics["sst2"]["T1"])
+
+
+def test_check_passes_on_its_baseline_and_fails_on_a_degraded_metric(reported, capsys):
+    check.main(["--update"])
+    check.main([])
+    assert "0 of" in capsys.readouterr().out
+    metrics = json.loads((reported / "reports/metrics.json").read_text())
+    metrics["sst2"]["T1"]["accuracy_fp32"] -= 10
+    (reported / "reports/metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(SystemExit) as e:
+        check.main([])
+    assert e.value.code == 1
+    out = capsys.readouterr().out
+    assert re.search(r"sst2/T1/accuracy_fp32\s+\S+\s+\S+\s+2\s+REGRESSED", out)
+    assert "1 of" in out
+
+
+def test_check_without_a_baseline_says_how_to_make_one(reported):
+    (reported / "reports/baseline.json").unlink(missing_ok=True)
+    result = subprocess.run([sys.executable, "-m", "stages.check"], capture_output=True, text=True,
+                            cwd=reported, env=dict(os.environ, PYTHONPATH=str(reported)))
+    assert result.returncode == 2
+    assert "python -m stages.check --update" in result.stderr
