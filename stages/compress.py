@@ -63,10 +63,12 @@ def main(argv):
             for bits in [32, *cfg.bits]:
                 variant = tmp / variant_name(sparsity, bits)
                 variant.mkdir()
-                stored = pruned if bits == 32 else {k: quantize(w, bits, cfg.granularity) for k, w in pruned.items()}
-                # rounding sends more small weights to zero
-                nonzero = common["nonzero_parameters"] if bits == 32 else \
-                    total - zeros_outside - sum(int((dequantize(q) == 0).sum()) for q in stored.values())
+                stored, nonzero = pruned, common["nonzero_parameters"]
+                if bits != 32:
+                    quantized = {k: quantize(w, bits, cfg.granularity) for k, w in pruned.items()}
+                    stored = {k: q for k, (q, _) in quantized.items()}
+                    # rounding sends more small weights to zero
+                    nonzero = total - zeros_outside - sum(z for _, z in quantized.values())
                 torch.save(stored, variant / WEIGHTS_FILE)
                 matrix_bytes = sum(w.numel() * bits // 8 for w in pruned.values())
                 write_json(variant / VARIANT_FILE, {
@@ -128,15 +130,16 @@ def kth_magnitude(magnitudes, fraction: float):
     return magnitudes.kthvalue(k).values if k > 0 else magnitudes.new_tensor(-1.0)
 
 
-def quantize(weight, bits: int, granularity: str) -> dict:
+def quantize(weight, bits: int, granularity: str) -> tuple[dict, int]:
     """Symmetric uniform quantization: codes in [-(2^(k-1)-1), 2^(k-1)-1] and a scale per matrix or per
-    output row; codes are packed k bits each."""
+    output row; codes are packed k bits each. Returns what is stored and the number of zero codes."""
     levels = 2 ** (bits - 1) - 1
     peak = weight.abs().amax(dim=1, keepdim=True) if granularity == "channel" else weight.abs().max()
     scale = torch.where(peak > 0, peak / levels, torch.ones_like(peak))
     codes = torch.clamp(torch.round(weight / scale), -levels, levels).to(torch.int32)
-    return {"codes": pack_bits((codes + levels).numpy().ravel(), bits), "scale": scale.float(),
-            "bits": bits, "shape": list(weight.shape)}
+    stored = {"codes": pack_bits((codes + levels).numpy().ravel(), bits), "scale": scale.float(),
+              "bits": bits, "shape": list(weight.shape)}
+    return stored, int((codes == 0).sum())
 
 
 def dequantize(stored: dict):

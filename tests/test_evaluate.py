@@ -68,3 +68,37 @@ def test_missing_compressed_model_says_which_stage_to_run(in_trained_project):
     with pytest.raises(StageError) as e:
         evaluate.main(["glue", "T2", "rte"])  # T2-rte was never fine-tuned nor compressed
     assert "models/compressed/T2-rte: no variants" in str(e.value)
+
+
+def test_translation_model_scores_high_bleu_on_its_own_training_pairs(tiny_project, tmp_path):
+    """Train on 40 pairs until memorized, test on the same pairs: BLEU must be high (a broken
+    generation, detokenization or scoring path would give near 0)."""
+    import gzip
+    import shutil
+    from conftest import sha256, tiny_training
+    from stages import fetch, prepare_mt, train_mt
+    mirror = tmp_path / "mirror" / "multi30k"
+    for lang in ("en", "de", "fr"):
+        lines = gzip.decompress((mirror / f"train.{lang}.gz").read_bytes()).decode().splitlines()[:40]
+        (mirror / f"train.{lang}.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
+        shutil.copy(mirror / f"train.{lang}.gz", mirror / f"test_2016_flickr.{lang}.gz")
+
+    def edit(p):
+        tiny_training(p)
+        configure(p)
+        for name in ("train", "test_2016_flickr"):
+            for lang in ("en", "de", "fr"):
+                p["datasets"]["multi30k"]["files"][f"{name}.{lang}.gz"]["sha256"] = sha256(mirror / f"{name}.{lang}.gz")
+        p["train_mt"].update(budget={"seconds": None, "updates": 400}, lr=0.005, validate_every=400, dropout=0.0,
+                             label_smoothing=0.0)
+        p["compress"].update(sparsities=[0.0], bits=[8])
+        p["evaluate"]["max_test_sentences"] = None
+    set_params(tiny_project, edit)
+    fetch.main(["multi30k"])
+    prepare_mt.main([])
+    train_mt.main(["T2"])
+    compress.main(["mt", "T2"])
+    evaluate.main(["mt", "T2"])
+    rows = {r["variant"]: r for r in read_rows("reports/eval/mt-T2.csv")}
+    assert float(rows["s0.00-fp32"]["value"]) > 60, rows["s0.00-fp32"]
+    assert int(rows["s0.00-fp32"]["examples"]) == 40
