@@ -306,7 +306,7 @@ class TranslationEval:
         def run(batch):
             input_ids, attention_mask = encode(sp, batch)
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=self.cfg.beam,
-                                 max_length=int(1.2 * input_ids.shape[1]) + 10)
+                                 max_length=int(1.2 * input_ids.shape[1]) + 12)  # fairseq 1.2x+10, + start, </s>
             return decode(sp, out)
 
         hypotheses = [h for lo in range(0, len(self.sources), self.cfg.batch_size)
