@@ -44,25 +44,31 @@ def main(argv):
         raise StageError(f"{root}: no variants (run `dvc repro compress_{'mt' if task == 'translation' else 'glue'}` "
                          "first)")
     torch.set_num_threads(cfg.threads)
-    evaluator = TranslationEval(cfg, params.data.translation) if task == "translation" else GlueEval(cfg, task)
-    rows = []
-    for i, variant in enumerate(variants, 1):
-        described = json.loads((variant / VARIANT_FILE).read_text())
-        started = time.time()
-        onnx = described["format"].startswith("ONNX")
-        results, timing = evaluator.onnx(variant) if onnx else evaluator.fairseq(variant, described)
-        for split, examples, metric, value, low, high, details in results:
-            rows.append({
-                **{k: described[k] for k in ("task", "size", "layers", "hidden", "format", "target_sparsity",
-                                             "sparsity", "bits", "parameters", "nonzero_parameters", "bytes",
-                                             "bytes_zip")},
-                "model": name, "variant": variant.name, "split": split, "examples": examples,
-                "bits_per_weight": round(8 * described["bytes"] / described["parameters"], 3),
-                "metric": metric, "value": round(value, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
-                **(timing or {}), "threads": cfg.threads, "hardware": hardware(), "details": details})
-        log(f"evaluate {name}: [{i}/{len(variants)}] {variant.name}: "
-            + ", ".join(f"{r[2]} {r[3]:.2f}" for r in results)
-            + (f", {timing['latency_ms']} ms at batch 1" if timing else "") + f" ({time.time() - started:.1f} s)")
+    # trained fp32 weights hold denormal floats, which x86 CPUs compute ~100x slower (seen: 2 s per
+    # sentence); flushing them to zero changes no prediction and is what inference runtimes do
+    torch.set_flush_denormal(True)
+    try:
+        evaluator = TranslationEval(cfg, params.data.translation) if task == "translation" else GlueEval(cfg, task)
+        rows = []
+        for i, variant in enumerate(variants, 1):
+            described = json.loads((variant / VARIANT_FILE).read_text())
+            started = time.time()
+            onnx = described["format"].startswith("ONNX")
+            results, timing = evaluator.onnx(variant) if onnx else evaluator.fairseq(variant, described)
+            for split, examples, metric, value, low, high, details in results:
+                rows.append({
+                    **{k: described[k] for k in ("task", "size", "layers", "hidden", "format", "target_sparsity",
+                                                 "sparsity", "bits", "parameters", "nonzero_parameters", "bytes",
+                                                 "bytes_zip")},
+                    "model": name, "variant": variant.name, "split": split, "examples": examples,
+                    "bits_per_weight": round(8 * described["bytes"] / described["parameters"], 3),
+                    "metric": metric, "value": round(value, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
+                    **(timing or {}), "threads": cfg.threads, "hardware": hardware(), "details": details})
+            log(f"evaluate {name}: [{i}/{len(variants)}] {variant.name}: "
+                + ", ".join(f"{r[2]} {r[3]:.2f}" for r in results)
+                + (f", {timing['latency_ms']} ms at batch 1" if timing else "") + f" ({time.time() - started:.1f} s)")
+    finally:  # a process-wide switch; tests run several stages in one process
+        torch.set_flush_denormal(False)
     out = Path("reports/eval") / f"{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
@@ -115,6 +121,18 @@ CLASSIFICATION_METRICS = {"accuracy": accuracy, "f1": f1, "mcc": mcc}
 
 def pearson(gold, predicted):
     return 100.0 * float(np.corrcoef(gold, predicted)[0, 1]) if np.std(gold) and np.std(predicted) else 0.0
+
+
+def by_length(run, items: list, length, batch_size: int) -> list:
+    """`run(batch)` (one output per item) over batches of items of similar length, so little compute
+    goes to padding; the outputs come back in the order of `items`."""
+    order = sorted(range(len(items)), key=lambda i: length(items[i]))
+    outputs = [None] * len(items)
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo: lo + batch_size]
+        for i, output in zip(chunk, run([items[i] for i in chunk])):
+            outputs[i] = output
+    return outputs
 
 
 def timed(run, batches: list, repeats: int) -> float:
@@ -178,13 +196,11 @@ class GlueEval:
             self.fairseq_task.load_dataset(fairseq_split)
             dataset = self.fairseq_task.dataset(fairseq_split)
             samples = [dataset[i] for i in range(len(rows))]
-            outputs, gold = [], []
             with torch.no_grad():
-                for lo in range(0, len(samples), self.cfg.batch_size):
-                    batch = dataset.collater(samples[lo: lo + self.cfg.batch_size])
-                    outputs.append(self.classify(batch["net_input"]["src_tokens"]))
-                    gold.append(batch["target"].view(-1))
-            logits, gold = torch.cat(outputs), torch.cat(gold)
+                logits = torch.stack(by_length(
+                    lambda batch: self.classify(dataset.collater(batch)["net_input"]["src_tokens"]),
+                    samples, lambda sample: len(sample["net_input.src_tokens"]), self.cfg.batch_size))
+            gold = torch.cat([sample["target"].view(-1) for sample in samples])
             for metric, value, low, high in self.score(gold.numpy(), logits.numpy()):
                 results.append((split, len(rows), metric, value, low, high, ""))
         measured = None
@@ -217,8 +233,8 @@ class GlueEval:
         results = []
         for _, split, rows in self.splits():
             texts = [tuple(r[c] for c in columns) for r in rows]
-            logits = np.concatenate([np.asarray(run(texts[lo: lo + self.cfg.batch_size]))
-                                     for lo in range(0, len(texts), self.cfg.batch_size)])
+            logits = np.stack(by_length(lambda batch: np.asarray(run(batch)), texts,
+                                        lambda text: sum(map(len, text)), self.cfg.batch_size))
             gold = np.array([float(r["label"]) / 5.0 for r in rows] if self.meta["regression"] else
                             [label_id[r["label"]] for r in rows])
             for metric, value, low, high in self.score(gold, logits):
@@ -289,8 +305,7 @@ class TranslationEval:
                                                                         "src_lengths": lengths}})
             return [tgt_dict.string(hypos[0]["tokens"], "sentencepiece") for hypos in out]
 
-        hypotheses = [h for lo in range(0, len(sources), self.cfg.batch_size)
-                      for h in run(sources[lo: lo + self.cfg.batch_size])]
+        hypotheses = by_length(run, sources, len, self.cfg.batch_size)
         measured = None
         if described["format"] == "fairseq fp32" and described["target_sparsity"] == 0:
             measured = speed(run, sources, self.cfg, "sentences/s")
@@ -309,8 +324,7 @@ class TranslationEval:
                                  max_length=int(1.2 * input_ids.shape[1]) + 12)  # fairseq 1.2x+10, + start, </s>
             return decode(sp, out)
 
-        hypotheses = [h for lo in range(0, len(self.sources), self.cfg.batch_size)
-                      for h in run(self.sources[lo: lo + self.cfg.batch_size])]
+        hypotheses = by_length(run, self.sources, len, self.cfg.batch_size)
         return self.bleu(hypotheses), speed(run, self.sources, self.cfg, "sentences/s")
 
 

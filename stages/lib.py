@@ -333,6 +333,11 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
     original_valid_stats = train_cli.get_valid_stats
     fairseq_trainer.Trainer.train_step = train_step
     train_cli.get_valid_stats = get_valid_stats
+    # fairseq keeps the best validation score on a function attribute, for the whole process: a second
+    # run in one process (tests) would compare against the first run's best (a resumed run restores its own)
+    from fairseq import checkpoint_utils
+    if hasattr(checkpoint_utils.save_checkpoint, "best"):
+        del checkpoint_utils.save_checkpoint.best
     try:
         run_fairseq("train", [*args, "--save-dir", work])
     except FloatingPointError as e:

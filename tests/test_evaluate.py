@@ -102,3 +102,13 @@ def test_translation_model_scores_high_bleu_on_its_own_training_pairs(tiny_proje
     rows = {r["variant"]: r for r in read_rows("reports/eval/mt-T2.csv")}
     assert float(rows["s0.00-fp32"]["value"]) > 60, rows["s0.00-fp32"]
     assert int(rows["s0.00-fp32"]["examples"]) == 40
+
+
+def test_corrupted_onnx_file_gives_an_error_naming_it(in_trained_project):
+    set_params(in_trained_project, lambda p: configure(p, onnx_sparsities=[0.0]))
+    compress.main(["glue", "T1", "sst2"])
+    broken = Path("models/compressed/T1-sst2/onnx-s0.00-int8/model_quantized.onnx")
+    broken.write_bytes(broken.read_bytes()[:1000])
+    with pytest.raises(StageError) as e:
+        evaluate.main(["glue", "T1", "sst2"])
+    assert "models/compressed/T1-sst2/onnx-s0.00-int8: cannot load the ONNX model (model_quantized.onnx)" in str(e.value)

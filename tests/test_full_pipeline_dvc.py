@@ -1,0 +1,66 @@
+"""The whole pipeline through `dvc repro` on the tiny mirror with tiny models: every stage runs, the
+metrics and plots are visible to DVC, and a change re-runs only what depends on it."""
+import json
+import shutil
+
+import pytest
+
+from conftest import make_tiny_project, set_params, tiny_training
+from test_pipeline_dvc import repro, run
+
+
+def tiny_pipeline(p):
+    tiny_training(p)
+    p["data"]["glue_tasks"] = ["sst2"]
+    p["pretrain"]["sizes"] = p["train_mt"]["sizes"] = ["T1"]
+    p["compress"] = {"sparsities": [0.0, 0.5], "pruning": "global", "bits": [4], "granularity": "channel",
+                     "onnx_sparsities": [0.0]}
+    p["evaluate"].update(threads=1, repeats=2, latency_examples=2, batch_size=8, bootstrap=100, beam=2,
+                         max_test_sentences=8)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    project = make_tiny_project(root)
+    set_params(project, tiny_pipeline)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DATA_MIRROR", str(root / "mirror"))
+        mp.chdir(project)
+        run("git", "init", "-q")
+        run("dvc", "init", "-q")
+        result, ran = repro()
+        assert {"pretrain@T1", "finetune@T1-sst2", "train_mt@T1", "compress_glue@T1-sst2", "compress_mt@T1",
+                "evaluate_glue@T1-sst2", "evaluate_mt@T1", "tabulate", "report"} <= ran, result.stdout
+    return root
+
+
+@pytest.fixture
+def project(pipeline, tmp_path, monkeypatch):
+    shutil.copytree(pipeline, tmp_path / "copy", symlinks=True)
+    monkeypatch.chdir(tmp_path / "copy" / "project")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "copy" / "mirror"))
+    return tmp_path / "copy" / "project"
+
+
+def test_metrics_and_plots_are_visible_to_dvc(project):
+    metrics = json.loads(run("dvc", "metrics", "show", "--json").stdout)
+    shown = json.dumps(metrics)
+    assert "accuracy_onnx_int8" in shown and "bleu_fp32" in shown
+    plots = run("dvc", "plots", "show", "--json").stdout
+    assert "reports/figures/frontier.png" in plots and "reports/curves/pretrain-T1.csv" in plots
+    assert (project / "reports/report.md").is_file()
+
+
+def test_nothing_reruns_and_a_report_param_reruns_only_the_report(project):
+    _, ran = repro()
+    assert ran == set()
+    set_params(project, lambda p: p["report"].update(max_bytes=1000))
+    _, ran = repro()
+    assert ran == {"report"}
+
+
+def test_an_evaluation_param_reevaluates_without_recompressing(project):
+    set_params(project, lambda p: p["evaluate"].update(bootstrap=150))
+    _, ran = repro()
+    assert ran == {"evaluate_glue@T1-sst2", "evaluate_mt@T1", "tabulate", "report"}
