@@ -47,9 +47,10 @@ def main(argv):
         raise StageError(f"{source}/checkpoint.pt: no Transformer layer weight matrices found")
     described = {"size": size_name, "task": task, **size.model_dump(), "source": str(source / "checkpoint.pt"),
                  "pruning": cfg.pruning, "granularity": cfg.granularity}
+    counted = deployed(state, task)
     # zip of the weights that no variant changes, stored once; every variant's zip size adds it
-    dense_zip = zip_bytes({k: v for k, v in state.items() if k not in matrices and counted(k, v)})
-    total = sum(v.numel() for k, v in state.items() if counted(k, v))
+    dense_zip = zip_bytes({k: v for k, v in counted.items() if k not in matrices})
+    total = sum(v.numel() for v in counted.values())
 
     out = Path("models/compressed") / name
     with atomic_dir(out) as tmp:
@@ -57,7 +58,7 @@ def main(argv):
             pruned = prune({k: state[k] for k in matrices}, sparsity, cfg.pruning)
             zeros = sum(int((w == 0).sum()) for w in pruned.values())
             measured = zeros / sum(w.numel() for w in pruned.values())
-            zeros_outside = count_zeros_outside(state, matrices)
+            zeros_outside = sum(int((v == 0).sum()) for k, v in counted.items() if k not in matrices)
             common = {**described, "target_sparsity": sparsity, "sparsity": round(measured, 6),
                       "parameters": total, "nonzero_parameters": total - zeros - zeros_outside}
             for bits in [32, *cfg.bits]:
@@ -99,13 +100,19 @@ def model_arg(argv, params, stage: str):
                      f"(mt), TASK one of data.glue_tasks {params.data.glue_tasks}")
 
 
-def counted(name: str, tensor) -> bool:
-    """Model parameters, not fairseq's bookkeeping buffers (version numbers, a dtype probe)."""
-    return torch.is_floating_point(tensor) and not name.endswith(("version", "_float_tensor"))
-
-
-def count_zeros_outside(state: dict, matrices: list) -> int:
-    return sum(int((v == 0).sum()) for k, v in state.items() if k not in matrices and counted(k, v))
+def deployed(state: dict, task: str) -> dict:
+    """The parameters a deployed model holds, each once: not fairseq's bookkeeping buffers (version
+    numbers, a dtype probe), not a tied copy (shared embeddings, the output projection), and for a
+    classifier not the masked-LM head that fine-tuning keeps but never uses."""
+    kept, storages = {}, set()
+    for name, tensor in state.items():
+        storage = tensor.untyped_storage().data_ptr()
+        if not torch.is_floating_point(tensor) or name.endswith(("version", "_float_tensor")) or storage in storages \
+                or (task != "translation" and ".lm_head." in name):
+            continue
+        storages.add(storage)
+        kept[name] = tensor
+    return kept
 
 
 def variant_name(sparsity: float, bits: int, onnx: str | None = None) -> str:

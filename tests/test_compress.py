@@ -88,6 +88,21 @@ def test_translation_model_variants_load(in_trained_project):
     names = list(layer_matrices(state))
     assert any(".encoder_attn." in k for k in names) and any(k.startswith("encoder.") for k in names)
     assert found["s0.60-q6"]["task"] == "translation"
+    # shared embeddings and the tied output projection count once
+    source = load_checkpoint(Path("models/mt/T1/checkpoint.pt"))["model"]
+    tied = ("decoder.embed_tokens.weight", "decoder.output_projection.weight")
+    assert found["s0.00-fp32"]["parameters"] == sum(v.numel() for k, v in source.items() if torch.is_floating_point(v)
+                                                    and not k.endswith("version") and k not in tied)
+
+
+def test_classifier_size_leaves_out_the_unused_masked_lm_head(in_trained_project):
+    set_params(in_trained_project, compress_params(sparsities=[0.0], bits=[8]))
+    compress.main(["glue", "T1", "sst2"])
+    found = variants(Path("models/compressed/T1-sst2"))
+    source = load_checkpoint(Path("models/finetune/T1-sst2/checkpoint.pt"))["model"]
+    assert found["s0.00-fp32"]["parameters"] == sum(v.numel() for k, v in source.items() if
+                                                    ".lm_head." not in k and not k.endswith("version"))
+    assert found["s0.00-fp32"]["bytes"] == 4 * found["s0.00-fp32"]["parameters"]
 
 
 @pytest.mark.parametrize("edit, message", [
