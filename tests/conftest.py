@@ -201,3 +201,9 @@ def trained_project(tmp_path_factory):
 def in_trained_project(trained_project, monkeypatch):
     monkeypatch.chdir(trained_project)
     return trained_project
+
+
+def pruned(state: dict) -> dict:
+    """A fairseq state dict with half of every layer matrix pruned (per matrix), as compression does."""
+    from stages.compress import LAYER_MATRIX, prune
+    return {**state, **prune({k: v for k, v in state.items() if LAYER_MATRIX.search(k)}, 0.5, "layer")}

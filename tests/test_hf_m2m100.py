@@ -2,10 +2,11 @@
 and generated tokens as fairseq, the same ids from raw text, and an int8 model that agrees with fp32."""
 import argparse
 import copy
-import re
 from pathlib import Path
 
 import pytest
+
+from conftest import pruned
 import torch
 
 from stages.hf_m2m100 import (ONNX_FP32_FILES, ONNX_INT8_FILES, SPM_FILE, decode, encode,
@@ -14,7 +15,6 @@ from stages.lib import StageError, allow_checkpoint_globals, load_checkpoint, re
 
 DATA = Path("data/bin/mt")
 MAX_LEN = 40  # tokens before a forced </s>, fairseq's --max-len-b: the tiny models often run to it
-LAYER_MATRIX = re.compile(r"layers\.\d+\.((self_attn|encoder_attn)\.(q|k|v|out)_proj|fc1|fc2)\.weight$")
 
 
 def fairseq_model(path: Path, model_state: dict | None = None):
@@ -56,16 +56,6 @@ def hf_generate(model, batch: dict, beam: int, max_len: int = MAX_LEN) -> list[l
 def m2m100(hf_dir: Path):
     from transformers import M2M100ForConditionalGeneration
     return M2M100ForConditionalGeneration.from_pretrained(hf_dir).eval()
-
-
-def pruned(state: dict) -> dict:
-    """Half of every layer matrix set to zero (the smallest magnitudes), as compression does."""
-    state = copy.copy(state)
-    for key in [k for k in state if LAYER_MATRIX.search(k)]:
-        w = state[key].clone()
-        w[w.abs() <= w.abs().median()] = 0
-        state[key] = w
-    return state
 
 
 @pytest.fixture(scope="module")

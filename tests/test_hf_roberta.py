@@ -1,13 +1,13 @@
 """fairseq RoBERTa classifiers converted to transformers and exported to ONNX: same logits as fairseq,
 same token ids from raw text, and an int8 model that agrees with fp32."""
-import copy
 import csv
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import pruned
 import torch
 
 from stages.hf_roberta import (ONNX_FP32_FILE, ONNX_INT8_FILE, export_onnx_classifier,
@@ -17,7 +17,6 @@ from stages.lib import StageError, allow_checkpoint_globals, load_checkpoint
 SPM = Path("data/bin/mlm/spm.model")
 SST2 = Path("data/bin/glue/sst2")
 HEAD = "sentence_classification_head"
-LAYER_MATRIX = re.compile(r"layers\.\d+\.(self_attn\.(q|k|v|out)_proj|fc1|fc2)\.weight$")
 
 
 def read_tsv(path: Path) -> list[dict]:
@@ -53,16 +52,6 @@ def dev_batch(task, n=16) -> torch.Tensor:
     task.load_dataset("valid")
     dataset = task.datasets["valid"]
     return dataset.collater([dataset[i] for i in range(n)])["net_input"]["src_tokens"]
-
-
-def pruned(state: dict) -> dict:
-    """Half of every layer matrix set to zero (the smallest magnitudes), as compression does."""
-    state = copy.copy(state)
-    for key in [k for k in state if LAYER_MATRIX.search(k)]:
-        w = state[key].clone()
-        w[w.abs() <= w.abs().median()] = 0
-        state[key] = w
-    return state
 
 
 @pytest.fixture(scope="module")
