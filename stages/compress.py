@@ -7,6 +7,9 @@ stay dense, as in the paper), then that pruned model as fp32 and as simulated sy
 quantization for each k in `compress.bits`. Pruned zeros stay zero under quantization (code 0).
 For each sparsity in `compress.onnx_sparsities`: the deployment models, converted to transformers,
 exported to ONNX with optimum and quantized to int8 with ONNX Runtime (dynamic, per channel).
+With `compress.recovery` set, each pruned model is first fine-tuned again with its mask held fixed
+(the source stage's recipe: finetune or train_mt, for that many seconds or updates); its variants then
+start from the recovered weights, kept in recovered/s<sparsity>/ with the recovery's learning curve.
 
 Each variant stores only the matrices compression changes (k-bit variants as packed k-bit codes plus
 scales, so bytes on disk are honest); `load_variant` puts them back into the source checkpoint.
@@ -28,12 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.lib import StageError, atomic_dir, load_checkpoint, load_params, log, run_stage, write_json
+from stages.lib import (WORK_DIR, StageError, atomic_dir, export_checkpoint, load_checkpoint, load_params, log,
+                        run_fingerprint, run_stage, sha256sum, train_with_budget, write_json)
 
 # the weight matrices of attention (self and encoder-decoder) and FFN in every layer, fairseq names
 LAYER_MATRIX = re.compile(r"layers\.\d+\.((self_attn|encoder_attn)\.(q|k|v|out)_proj|fc1|fc2)\.weight$")
 WEIGHTS_FILE = "weights.pt"
 VARIANT_FILE = "variant.json"
+RECOVERED_DIR = "recovered"
 
 
 def main(argv):
@@ -47,20 +52,30 @@ def main(argv):
         raise StageError(f"{source}/checkpoint.pt: no Transformer layer weight matrices found")
     described = {"size": size_name, "task": task, **size.model_dump(), "source": str(source / "checkpoint.pt"),
                  "pruning": cfg.pruning, "granularity": cfg.granularity}
+    recovery = cfg.recovery if (cfg.recovery.seconds or cfg.recovery.updates) else None
     counted = deployed(state, task)
-    # zip of the weights that no variant changes, stored once; every variant's zip size adds it
-    dense_zip = zip_bytes({k: v for k, v in counted.items() if k not in matrices})
     total = sum(v.numel() for v in counted.values())
 
     out = Path("models/compressed") / name
     with atomic_dir(out) as tmp:
         for sparsity in cfg.sparsities:
             pruned = prune({k: state[k] for k in matrices}, sparsity, cfg.pruning)
+            model, recovered = {**state, **pruned}, None
+            if recovery and sparsity > 0:
+                model, recovered = recover(params, name, size_name, task, {**checkpoint, "model": model},
+                                           sparsity, tmp / RECOVERED_DIR / f"s{sparsity:.2f}")
+                pruned = {k: model[k] for k in matrices}
+                counted = deployed(model, task)
             zeros = sum(int((w == 0).sum()) for w in pruned.values())
             measured = zeros / sum(w.numel() for w in pruned.values())
             zeros_outside = sum(int((v == 0).sum()) for k, v in counted.items() if k not in matrices)
+            # zip of the weights that compression leaves as they are; every variant's zip size adds it
+            dense_zip = zip_bytes({k: v for k, v in counted.items() if k not in matrices})
             common = {**described, "target_sparsity": sparsity, "sparsity": round(measured, 6),
-                      "parameters": total, "nonzero_parameters": total - zeros - zeros_outside}
+                      "parameters": total, "nonzero_parameters": total - zeros - zeros_outside,
+                      "recovery": recovered}
+            if recovered:
+                common["source"] = str(out / RECOVERED_DIR / f"s{sparsity:.2f}" / "checkpoint.pt")
             for bits in [32, *cfg.bits]:
                 variant = tmp / variant_name(sparsity, bits)
                 variant.mkdir()
@@ -81,8 +96,9 @@ def main(argv):
                     "files": {WEIGHTS_FILE: (variant / WEIGHTS_FILE).stat().st_size}})
             log(f"compress {name}: sparsity {sparsity} (measured {measured:.4f}): fp32 + {cfg.bits} bits")
             if sparsity in cfg.onnx_sparsities:
-                export_onnx(task, {**checkpoint, "model": {**state, **pruned}}, tmp, sparsity, common)
+                export_onnx(task, {**checkpoint, "model": model}, tmp, sparsity, common)
                 log(f"compress {name}: sparsity {sparsity}: ONNX fp32 + int8")
+    shutil.rmtree(WORK_DIR / "compress" / name, ignore_errors=True)
     log(f"wrote {out}")
 
 
@@ -98,6 +114,65 @@ def model_arg(argv, params, stage: str):
     raise StageError(f"usage: python -m stages.{stage} glue SIZE TASK | mt SIZE, with SIZE one of "
                      f"pretrain.sizes {params.pretrain.sizes} (glue) or train_mt.sizes {params.train_mt.sizes} "
                      f"(mt), TASK one of data.glue_tasks {params.data.glue_tasks}")
+
+
+def recover(params, name: str, size_name: str, task: str, pruned_checkpoint: dict, sparsity: float,
+            out: Path) -> tuple[dict, dict]:
+    """Recovery fine-tuning of a pruned model with its mask held fixed: the source stage's recipe
+    (finetune for a classifier, train_mt for translation) from the pruned weights, for
+    compress.recovery's seconds or updates. Pruned weights get zero gradients, so Adam never moves
+    them (fp16 master copies included) and they stay exactly zero. Writes out/checkpoint.pt and
+    out/curve.csv; returns the recovered state dict and what the recovery did.
+
+    A finished recovery is kept in models/.work/compress/<model>/ until the whole stage succeeds, so
+    an interrupted stage resumes there instead of training again."""
+    budget = params.compress.recovery
+    work = WORK_DIR / "compress" / name
+    work.mkdir(parents=True, exist_ok=True)
+    init = work / "init.tmp"
+    torch.save(pruned_checkpoint, init)
+    # named by content: a changed source model or sparsity never resumes a stale run
+    init = init.rename(work / f"init-s{sparsity:.2f}-{sha256sum(init)[:16]}.pt")
+    if task == "translation":
+        from stages.train_mt import training_args
+        args, flops_of_sample = training_args(params, size_name, init=init, budget=budget)
+    else:
+        from stages.finetune import training_args
+        args, flops_of_sample = training_args(params, size_name, task, init=init, budget=budget)
+    masks = {k: v != 0 for k, v in pruned_checkpoint["model"].items() if LAYER_MATRIX.search(k)}
+    run = work / f"s{sparsity:.2f}"
+    done = run / "recovered.pt"
+    label = f"compress {name} recovery s{sparsity:.2f}"
+    if done.exists() and (run / "fingerprint.json").read_text() == run_fingerprint(args):
+        log(f"{label}: reusing the finished recovery in {run}")
+        last = json.loads((run / "last.json").read_text())
+    else:
+        last = train_with_budget(label, run, args, run / "final_curve.csv", flops_of_sample,
+                                 on_model=lambda model: hold_mask(model, masks, label))
+        export_checkpoint(run / "checkpoint_best.pt", done)
+        write_json(run / "last.json", last)
+    out.mkdir(parents=True)
+    shutil.copy(done, out / "checkpoint.pt")
+    shutil.copy(run / "final_curve.csv", out / "curve.csv")
+    model = load_checkpoint(out / "checkpoint.pt")["model"]
+    leaked = [k for k, m in masks.items() if bool((model[k][~m] != 0).any())]
+    if leaked:
+        raise StageError(f"{label}: pruned weights moved during recovery in {leaked[:3]}")
+    log(f"{label}: {last['updates']} updates in {last['seconds']} s")
+    return model, {"updates": int(last["updates"]), "seconds": float(last["seconds"]),
+                   "budget": budget.model_dump(), "curve": str(out / "curve.csv")}
+
+
+def hold_mask(model, masks: dict, label: str) -> None:
+    """Zero the gradient of every pruned weight (a hook on each masked matrix)."""
+    found = 0
+    for name, weight in model.named_parameters():
+        if name in masks:
+            mask = masks[name].to(weight.device, weight.dtype)
+            weight.register_hook(lambda grad, mask=mask: grad * mask)
+            found += 1
+    if found != len(masks):
+        raise StageError(f"{label}: {len(masks) - found} pruned matrices are not parameters of the model")
 
 
 def deployed(state: dict, task: str) -> dict:

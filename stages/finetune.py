@@ -22,27 +22,37 @@ def main(argv):
                          f"{params.pretrain.sizes}, TASK one of data.glue_tasks {params.data.glue_tasks}")
     name, task = argv
     size, cfg = params.models.mlm[name], params.finetune
+    args, flops_of_sample = training_args(params, name, task)
+    meta = json.loads((Path("data/bin/glue") / task / "meta.json").read_text())
+    train_and_export("finetune", f"{name}-{task}", Path("models/finetune") / f"{name}-{task}", args,
+                     flops_of_sample, keep="best",
+                     summary={"size": name, "task": task, **size.model_dump(), "budget": cfg.budget.model_dump(),
+                              "dev_split": meta["fairseq_splits"]["valid"]})
+
+
+def training_args(params, name: str, task: str, init: Path | None = None, budget=None):
+    """fairseq-train flags that fine-tune size `name` on `task` from `init` (default: the size's
+    pretrained checkpoint) under `budget` (default: finetune.budget), and the FLOPs estimate of a batch.
+    Also the recipe of recovery fine-tuning after pruning (stages/compress.py)."""
+    size, cfg = params.models.mlm[name], params.finetune
     data = Path("data/bin/glue") / task
     meta = json.loads((data / "meta.json").read_text())
     metric = ["--regression-target", "--best-checkpoint-metric", "loss"] if meta["regression"] else \
         ["--best-checkpoint-metric", "accuracy", "--maximize-best-checkpoint-metric"]
     args = [data, "--task", "sentence_prediction", "--criterion", "sentence_prediction",
-            "--finetune-from-model", Path("models/pretrain") / name / "checkpoint.pt",
+            "--finetune-from-model", init or Path("models/pretrain") / name / "checkpoint.pt",
             "--arch", "roberta", *size_flags(size, params.pretrain.tokens_per_sample),
             "--num-classes", meta["num_classes"], "--init-token", 0, "--separator-token", 2,
             "--shorten-method", "truncate", "--batch-size", cfg.batch_size,
             "--required-batch-size-multiple", 1, *metric, "--seed", params.training.seed,
-            *schedule_flags(cfg), *budget_flags(cfg.budget), *device_flags(params.training)]
+            *schedule_flags(cfg), *budget_flags(budget or cfg.budget), *device_flags(params.training)]
     n = non_embedding_params(size)
 
     def flops_of_sample(sample):
         tokens = sample["net_input"]["src_tokens"].numel()
         return tokens, 6.0 * n * tokens
 
-    train_and_export("finetune", f"{name}-{task}", Path("models/finetune") / f"{name}-{task}", args,
-                     flops_of_sample, keep="best",
-                     summary={"size": name, "task": task, **size.model_dump(), "budget": cfg.budget.model_dump(),
-                              "dev_split": meta["fairseq_splits"]["valid"]})
+    return args, flops_of_sample
 
 
 if __name__ == "__main__":

@@ -267,17 +267,24 @@ def non_embedding_params(size, decoder: bool = False) -> int:
     return size.layers * (attention + 2 * size.hidden * size.ffn)
 
 
-def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flops_of_sample) -> dict:
+def run_fingerprint(args: list) -> str:
+    """What identifies a training run, to tell whether an interrupted one may be resumed: its flags."""
+    return json.dumps([str(a) for a in args if not str(a).startswith("--stop-time-hours")])
+
+
+def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flops_of_sample,
+                      on_model=None) -> dict:
     """Run fairseq-train with `args` (which include the budget) in `work`, resuming from its last
     checkpoint when an earlier run of the same configuration was interrupted. Writes the learning
     curve to `curve_path` (one row per validation point) and returns the last row.
 
-    flops_of_sample(sample) -> (tokens, flops) estimates the training cost of one batch."""
+    flops_of_sample(sample) -> (tokens, flops) estimates the training cost of one batch;
+    on_model(model), when given, is called once with the built model before its first update."""
     import torch
     from fairseq import trainer as fairseq_trainer
     import fairseq_cli.train as train_cli
 
-    fingerprint = json.dumps([str(a) for a in args if not str(a).startswith("--stop-time-hours")])
+    fingerprint = run_fingerprint(args)
     fingerprint_file = work / "fingerprint.json"
     if work.exists() and (not fingerprint_file.exists() or fingerprint_file.read_text() != fingerprint):
         log(f"{label}: configuration changed since the interrupted run in {work}; starting over")
@@ -294,6 +301,9 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
              "loss_sum": 0.0, "loss_n": 0}
 
     def train_step(self, samples, raise_oom=False):
+        if on_model is not None and not state.get("model_seen"):
+            on_model(self.get_model())
+            state["model_seen"] = True
         try:  # raise_oom: a batch that does not fit fails the run instead of being skipped silently
             out = original_train_step(self, samples, raise_oom=True)
         except Exception as e:

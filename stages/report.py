@@ -373,6 +373,10 @@ def environment(params, variants: pd.DataFrame) -> str:
         f"- budgets: pretrain {params.pretrain.budget.model_dump()}, finetune {params.finetune.budget.model_dump()},"
         f" translation {params.train_mt.budget.model_dump()}",
         f"- data caps: {json.dumps(caps)}",
+        f"- compression: {params.compress.pruning} magnitude pruning, quantization scales per "
+        f"{params.compress.granularity}, recovery fine-tuning after pruning: "
+        + (f"{params.compress.recovery.model_dump()}" if params.compress.recovery.seconds or
+           params.compress.recovery.updates else "none (the paper's setting)"),
         f"- evaluation caps: dev {params.evaluate.max_dev_examples}, test {params.evaluate.max_test_sentences};"
         f" beam {params.evaluate.beam}",
         "", table(sizes)])

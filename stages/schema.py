@@ -177,6 +177,18 @@ class TrainMt(Optimization):
     bleu_beam: int = Field(ge=1)                 # beam for the BLEU points of the curve
 
 
+class Recovery(Strict):
+    """Fine-tuning after pruning with the mask held fixed: seconds or updates, or neither (none)."""
+    seconds: float | None = Field(gt=0)
+    updates: int | None = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _at_most_one(self):
+        if self.seconds is not None and self.updates is not None:
+            raise ValueError("set at most one of seconds or updates (both null: no recovery)")
+        return self
+
+
 class Compress(Strict):
     # fraction of the Transformer layers' weights set to zero by magnitude (0: dense)
     sparsities: list[float] = Field(min_length=1)
@@ -184,6 +196,7 @@ class Compress(Strict):
     bits: list[int] = Field(min_length=1)        # simulated symmetric uniform quantization, k bits
     granularity: Literal["tensor", "channel"]    # one quantization scale per matrix or per output row
     onnx_sparsities: list[float]                 # exported to ONNX fp32 and ONNX Runtime int8
+    recovery: Recovery                           # fine-tuning of each pruned model, mask fixed
 
     @model_validator(mode="after")
     def _ranges(self):

@@ -22,6 +22,18 @@ def main(argv):
     params = load_params()
     name = size_arg(argv, params.train_mt.sizes, "train_mt.sizes", "python -m stages.train_mt SIZE")
     size, cfg, tr = params.models.mt[name], params.train_mt, params.data.translation
+    args, flops_of_sample = training_args(params, name)
+    train_and_export("train_mt", name, Path("models/mt") / name, args, flops_of_sample, keep="best",
+                     summary={"size": name, **size.model_dump(),
+                              "non_embedding_parameters": non_embedding_params(size) + non_embedding_params(size, True),
+                              "source": tr.source, "target": tr.target, "budget": cfg.budget.model_dump()})
+
+
+def training_args(params, name: str, init: Path | None = None, budget=None):
+    """fairseq-train flags that train translation size `name` (from scratch, or from the weights of
+    `init`) under `budget` (default: train_mt.budget), and the FLOPs estimate of a batch. Also the
+    recipe of recovery fine-tuning after pruning (stages/compress.py)."""
+    size, cfg, tr = params.models.mt[name], params.train_mt, params.data.translation
     bleu_args = json.dumps({"beam": cfg.bleu_beam, "max_len_a": 1.2, "max_len_b": 10})
     args = [DATA, "--task", "translation", "--source-lang", tr.source, "--target-lang", tr.target,
             "--arch", "transformer", "--share-all-embeddings",
@@ -33,16 +45,15 @@ def main(argv):
             "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", cfg.label_smoothing,
             "--eval-bleu", "--eval-bleu-args", bleu_args, "--eval-bleu-detok", "space",
             "--eval-bleu-remove-bpe", "sentencepiece", "--seed", params.training.seed,
-            *schedule_flags(cfg), *budget_flags(cfg.budget), *device_flags(params.training)]
+            *schedule_flags(cfg), *budget_flags(budget or cfg.budget), *device_flags(params.training),
+            *(["--finetune-from-model", init] if init else [])]
     n_encoder, n_decoder = non_embedding_params(size), non_embedding_params(size, decoder=True)
 
     def flops_of_sample(sample):
         source, target = sample["net_input"]["src_tokens"].numel(), sample["target"].numel()
         return source + target, 6.0 * (n_encoder * source + n_decoder * target)
 
-    train_and_export("train_mt", name, Path("models/mt") / name, args, flops_of_sample, keep="best",
-                     summary={"size": name, **size.model_dump(), "non_embedding_parameters": n_encoder + n_decoder,
-                              "source": tr.source, "target": tr.target, "budget": cfg.budget.model_dump()})
+    return args, flops_of_sample
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from stages.lib import StageError, load_checkpoint
 def compress_params(**edits):
     def edit(p):
         p["compress"] = {"sparsities": [0.0, 0.5, 0.9], "pruning": "global", "bits": [4, 8],
-                         "granularity": "channel", "onnx_sparsities": [], **edits}
+                         "granularity": "channel", "onnx_sparsities": [],
+                         "recovery": {"seconds": None, "updates": None}, **edits}
     return edit
 
 

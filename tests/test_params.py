@@ -109,3 +109,8 @@ def test_per_language_members_must_cover_the_languages(tmp_path):
 def test_caps_have_no_silent_default(tmp_path):
     msg = invalid(tmp_path, lambda p: p["prepare_glue"].pop("max_dev_examples"))
     assert "prepare_glue.max_dev_examples: missing key" in msg
+
+
+def test_recovery_takes_seconds_or_updates_not_both(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["compress"].update(recovery={"seconds": 60, "updates": 100}))
+    assert "compress.recovery: set at most one of seconds or updates" in msg

@@ -19,7 +19,7 @@ FIGURES = ["mlm_curves", "mt_curves", "sparsity", "bits", "frontier", "latency"]
 def configure(p):
     p["data"]["glue_tasks"] = ["sst2"]
     p["compress"] = {"sparsities": [0.0, 0.5, 0.9], "pruning": "global", "bits": [4, 8], "granularity": "channel",
-                     "onnx_sparsities": [0.0]}
+                     "onnx_sparsities": [0.0], "recovery": {"seconds": None, "updates": None}}
     p["evaluate"].update(threads=1, repeats=2, latency_examples=4, batch_size=8, bootstrap=200, beam=2,
                          max_test_sentences=12)
 
