@@ -1,0 +1,133 @@
+"""Deployment speed: PyTorch fp32 (the fairseq model), ONNX Runtime fp32 and ONNX Runtime int8 of each
+fine-tuned classifier and translation model, measured exactly as `python -m stages.evaluate` measures
+them (its GlueEval / TranslationEval, hence its `timed`, `speed` and `load_onnx`): batch-1 latency over
+`evaluate.latency_examples` dev inputs and throughput at `evaluate.batch_size`, medians of
+`evaluate.repeats` runs after a warm-up, `evaluate.threads` threads (torch and ONNX Runtime intra-op),
+on real dev sentences (GLUE) and test sentences (translation), with the dev accuracy / test BLEU of each
+format. PyTorch runs on token tensors, ONNX Runtime on raw text (its timing includes tokenization).
+
+Models come from models/compressed/<size>-<task>/ (s0.00-fp32, onnx-s0.00-fp32, onnx-s0.00-int8); where
+the pipeline has not written them, they are built in a temp dir from models/finetune/<size>-<task>/ the
+way stages.compress does. Each format runs in its own child process (its peak memory: loading + dev
+set at the evaluation batch + timing).
+"""
+import json
+import tempfile
+from pathlib import Path
+
+from bench.memory import in_child
+
+FORMATS = {"pytorch_fp32": "s0.00-fp32", "onnx_fp32": "onnx-s0.00-fp32", "onnx_int8": "onnx-s0.00-int8"}
+
+
+def run_glue(sizes: list, tasks: list, overrides: dict) -> list:
+    rows = []
+    for size in sizes:
+        for task in tasks:
+            with tempfile.TemporaryDirectory() as tmp:
+                root, source = glue_models(size, task, Path(tmp))
+                if root is None:
+                    print(f"deployment {size}-{task}: skipped ({source})", flush=True)
+                    continue
+                row = {"model": f"{size}-{task}", "size": size, "task": task, "source": source}
+                for fmt, variant in FORMATS.items():
+                    row[fmt] = in_child(glue_format, str(root / variant), task, fmt, overrides)
+            rows.append(compare(row, "accuracy"))
+    return rows
+
+
+def run_mt(sizes: list, overrides: dict) -> list:
+    rows = []
+    for size in sizes:
+        root = Path("models/compressed") / f"mt-{size}"
+        if not all((root / v).is_dir() for v in FORMATS.values()):  # measured only where the pipeline made them
+            print(f"deployment mt-{size}: skipped (no {', '.join(FORMATS.values())} in {root})", flush=True)
+            continue
+        row = {"model": f"mt-{size}", "size": size, "task": "translation", "source": str(root)}
+        for fmt, variant in FORMATS.items():
+            row[fmt] = in_child(mt_format, str(root / variant), fmt, overrides)
+        rows.append(compare(row, "bleu"))
+    return rows
+
+
+def compare(row: dict, metric: str) -> dict:
+    """int8 over PyTorch fp32: throughput at the evaluation batch, batch-1 speed (latency ratio), and
+    the metric's drop."""
+    fp32, int8 = row["pytorch_fp32"], row["onnx_int8"]
+    row["int8_speedup_batch"] = int8["throughput"] / fp32["throughput"]
+    row["int8_speedup_batch1"] = fp32["latency_ms"] / int8["latency_ms"]
+    row[f"{metric}_drop"] = fp32[metric] - int8[metric]
+    print(f"deployment {row['model']}: " + ", ".join(
+        f"{f} {row[f]['latency_ms']:.1f} ms / {row[f]['throughput']:.0f} per s / {metric} {row[f][metric]:.2f}"
+        for f in FORMATS) + f"; int8/fp32 x{row['int8_speedup_batch']:.2f} at batch, {metric} drop "
+        f"{row[f'{metric}_drop']:.2f}", flush=True)
+    return row
+
+
+def glue_models(size: str, task: str, tmp: Path):
+    """(directory holding the three formats, where they came from), or (None, why not)."""
+    root = Path("models/compressed") / f"{size}-{task}"
+    if all((root / v).is_dir() for v in FORMATS.values()):
+        return root, str(root)
+    source = Path("models/finetune") / f"{size}-{task}" / "checkpoint.pt"
+    if not source.exists():
+        return None, f"neither {root} nor {source}"
+    in_child(build_glue, str(source), task, str(tmp))
+    return tmp, f"built in a temp dir from {source}"
+
+
+def build_glue(source: str, task: str, out: str) -> dict:
+    """What stages.compress writes for sparsity 0, from the fine-tuned checkpoint: the fairseq fp32
+    variant (no weights replaced) and the ONNX fp32 and int8 models."""
+    import torch
+    from stages.compress import VARIANT_FILE, WEIGHTS_FILE, class_labels
+    from stages.hf_roberta import export_onnx_classifier, save_transformers_classifier
+    from stages.lib import load_checkpoint, write_json
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as hf_dir:
+        save_transformers_classifier(load_checkpoint(Path(source)), Path("data/bin/mlm/spm.model"),
+                                     class_labels(task), Path(hf_dir))
+        export_onnx_classifier(Path(hf_dir), out / FORMATS["onnx_fp32"], out / FORMATS["onnx_int8"])
+    dense = out / FORMATS["pytorch_fp32"]
+    dense.mkdir()
+    torch.save({}, dense / WEIGHTS_FILE)
+    write_json(dense / VARIANT_FILE, {"format": "fairseq fp32", "target_sparsity": 0.0, "source": source})
+    return {}
+
+
+def evaluate_cfg(overrides: dict):
+    """params.yaml's `evaluate` section with the benchmark's overrides, and torch's threads set to it."""
+    import torch
+    from stages.lib import load_params
+    params = load_params()
+    cfg = params.evaluate.model_copy(update=overrides)
+    torch.set_num_threads(cfg.threads)
+    return params, cfg
+
+
+def glue_format(variant: str, task: str, fmt: str, overrides: dict) -> dict:
+    from stages.compress import VARIANT_FILE
+    from stages.evaluate import GlueEval
+    _, cfg = evaluate_cfg(overrides)
+    evaluator, variant = GlueEval(cfg, task), Path(variant)
+    if fmt == "pytorch_fp32":
+        results, timing = evaluator.fairseq(variant, json.loads((variant / VARIANT_FILE).read_text()))
+    else:
+        results, timing = evaluator.onnx(variant)
+    split, examples, _, value, low, high, _ = next(r for r in results if r[2] == "accuracy")
+    return {**timing, "accuracy": value, "accuracy_ci": [low, high], "split": split, "examples": examples,
+            "threads": cfg.threads, "batch_size": cfg.batch_size, "repeats": cfg.repeats}
+
+
+def mt_format(variant: str, fmt: str, overrides: dict) -> dict:
+    from stages.compress import VARIANT_FILE
+    from stages.evaluate import TranslationEval
+    params, cfg = evaluate_cfg(overrides)
+    evaluator, variant = TranslationEval(cfg, params.data.translation), Path(variant)
+    if fmt == "pytorch_fp32":
+        results, timing = evaluator.fairseq(variant, json.loads((variant / VARIANT_FILE).read_text()))
+    else:
+        results, timing = evaluator.onnx(variant)
+    split, examples, _, value, low, high, _ = results[0]
+    return {**timing, "bleu": value, "bleu_ci": [low, high], "split": split, "examples": examples,
+            "beam": cfg.beam, "threads": cfg.threads, "batch_size": cfg.batch_size, "repeats": cfg.repeats}

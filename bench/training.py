@@ -1,0 +1,184 @@
+"""Training throughput per model size: the pipeline's fairseq masked-LM training against a plain
+transformers RobertaForMaskedLM training loop.
+
+Both train the same RoBERTa (layers, hidden, FFN, heads of models.mlm; vocabulary = fairseq's
+dictionary with <mask>; pretrain.tokens_per_sample positions) on the same batches: fairseq's own
+masked_lm task and batch iterator (pretrain.max_tokens tokens per batch, pretrain.mask_prob masked),
+with the same optimizer (fairseq's adam is Adam with decoupled weight decay, i.e. AdamW, on every
+parameter: betas 0.9/0.98, eps 1e-6, pretrain.weight_decay, pretrain.lr), dropout and threads, in fp32
+on CPU (on a GPU: training.precision, and model FLOPs utilisation against a measured matmul peak).
+
+Tokens/s is the median over the timed updates of tokens / time between consecutive update ends, so
+data loading and logging between updates count; start-up, the first `warmup` updates and validation
+(turned off) do not. Each run is its own child process, which also gives its peak memory.
+
+Known difference, kept because it is what each library does: fairseq's masked_lm computes the output
+projection (hidden x vocabulary) only at the masked positions, RobertaForMaskedLM at every position.
+"""
+import itertools
+import statistics
+import tempfile
+import time
+
+from bench.memory import in_child
+
+
+def run(sizes: list, warmup: int, updates: int, threads: int) -> list:
+    from stages.lib import load_params, non_embedding_params
+    params = load_params()
+    rows = []
+    for name in sizes:
+        size = params.models.mlm[name]
+        row = {"size": name, **size.model_dump(), "non_embedding_parameters": non_embedding_params(size),
+               "tokens_per_sample": params.pretrain.tokens_per_sample, "max_tokens": params.pretrain.max_tokens,
+               "threads": threads}
+        for loop in (fairseq_loop, transformers_loop):
+            row[loop.__name__.removesuffix("_loop")] = in_child(loop, name, warmup, updates, threads)
+        row["ratio"] = row["fairseq"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
+        print(f"training {name}: fairseq {row['fairseq']['tokens_per_s']:.0f} tokens/s, transformers "
+              f"{row['transformers']['tokens_per_s']:.0f} tokens/s, ratio {row['ratio']:.2f}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def fairseq_loop(name: str, warmup: int, updates: int, threads: int) -> dict:
+    """`python -m stages.pretrain NAME`'s own fairseq-train run, stopped after warmup + updates updates,
+    without validation or checkpoints."""
+    import torch
+    from fairseq import trainer
+    from stages.lib import run_fairseq
+
+    params, args = pipeline(name, warmup + updates, threads)
+    clock = Clock("--cpu" not in args)
+    original = trainer.Trainer.train_step
+
+    def train_step(self, samples, raise_oom=False):
+        out = original(self, samples, raise_oom)
+        clock.tick(sum(s["net_input"]["src_tokens"].numel() for s in samples if s and "net_input" in s))
+        return out
+
+    trainer.Trainer.train_step = train_step
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as save_dir:
+        run_fairseq("train", [*args, "--disable-validation", "--no-save", "--save-dir", save_dir])
+    return clock.summary(warmup, params, name)
+
+
+def transformers_loop(name: str, warmup: int, updates: int, threads: int) -> dict:
+    """A plain training loop of transformers' RobertaForMaskedLM on fairseq's masked batches."""
+    import torch
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    params, args = pipeline(name, warmup + updates, threads)
+    torch.set_num_threads(threads)
+    size, cfg = params.models.mlm[name], params.pretrain
+    task, batches = fairseq_batches(args)
+    pad = task.source_dictionary.pad()
+    cuda = "--cpu" not in args
+    device = torch.device("cuda" if cuda else "cpu")
+    model = RobertaForMaskedLM(RobertaConfig(
+        vocab_size=len(task.source_dictionary), hidden_size=size.hidden, num_hidden_layers=size.layers,
+        num_attention_heads=size.heads, intermediate_size=size.ffn, hidden_act="gelu",
+        max_position_embeddings=cfg.tokens_per_sample + 2,  # fairseq's learned positions start at pad + 1
+        type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=pad, bos_token_id=0, eos_token_id=2,
+        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)).to(device).train()
+    # a constant learning rate: fairseq's warm-up schedule changes the values, not the work per update
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+                                  weight_decay=cfg.weight_decay)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[params.training.precision]
+    clock = Clock(cuda)
+    for sample in itertools.islice(batches, warmup + updates):
+        tokens, target = sample["net_input"]["src_tokens"].to(device), sample["target"].to(device)
+        # on a GPU, the precision fairseq trains in (no loss scaling: only the speed is measured)
+        with torch.autocast(device.type, dtype=dtype, enabled=cuda and dtype != torch.float32):
+            labels = target.masked_fill(target == pad, -100)  # loss at the masked positions only
+            loss = model(input_ids=tokens, attention_mask=tokens.ne(pad), labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        clock.tick(tokens.numel())
+    return clock.summary(warmup, params, name)
+
+
+def pipeline(name: str, total_updates: int, threads: int):
+    """params.yaml with an update budget, and the exact fairseq-train flags `python -m stages.pretrain
+    NAME` would run: its main() with train_and_export replaced by a catcher, so this cannot drift from
+    the stage. Only ever called in a throwaway child process (it patches stages.pretrain)."""
+    import stages.pretrain as pretrain
+    from stages.lib import load_params
+    params = load_params()
+    budget = params.pretrain.budget.model_copy(update={"seconds": None, "updates": total_updates})
+    params = params.model_copy(update={  # params are frozen: copies with the changes
+        "pretrain": params.pretrain.model_copy(update={"sizes": [name], "budget": budget}),  # any models.mlm size
+        "training": params.training.model_copy(update={"threads": threads})})
+    caught = {}
+    pretrain.load_params = lambda: params
+    pretrain.train_and_export = lambda stage, name, out, args, *rest, **kw: caught.update(args=args)
+    pretrain.main([name])
+    return params, caught["args"]
+
+
+def fairseq_batches(args: list):
+    """fairseq's masked_lm task for these flags, and its shuffled batches, epoch after epoch."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    cfg = convert_namespace_to_omegaconf(
+        options.parse_args_and_arch(options.get_training_parser(), [str(a) for a in args]))
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    iterator = task.get_batch_iterator(
+        dataset=task.dataset("train"), max_tokens=cfg.dataset.max_tokens, max_sentences=cfg.dataset.batch_size,
+        max_positions=task.max_positions(), required_batch_size_multiple=cfg.dataset.required_batch_size_multiple,
+        seed=cfg.common.seed)
+
+    def batches():
+        while True:
+            yield from iterator.next_epoch_itr(shuffle=True)
+    return task, batches()
+
+
+class Clock:
+    """When each update ended and how many tokens it trained on."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.ends, self.tokens = cuda, [], []
+
+    def tick(self, tokens: int):
+        if self.cuda:
+            import torch
+            torch.cuda.synchronize()  # kernels are asynchronous: the update ends when they do
+        self.ends.append(time.perf_counter())
+        self.tokens.append(tokens)
+
+    def summary(self, warmup: int, params, name: str) -> dict:
+        from stages.lib import non_embedding_params
+        warmup = max(warmup, 1)  # the first update has no previous end to time it from
+        rates = [t / (end - before) for t, end, before in
+                 zip(self.tokens[warmup:], self.ends[warmup:], self.ends[warmup - 1:])]
+        if not rates:
+            raise RuntimeError(f"training {name}: {len(self.ends)} updates ran, none left to time after the warm-up")
+        tokens_per_s = statistics.median(rates)
+        flops_per_s = 6 * non_embedding_params(params.models.mlm[name]) * tokens_per_s  # Kaplan et al.'s 6N
+        result = {"tokens_per_s": round(tokens_per_s, 1), "updates_timed": len(rates),
+                  "tokens_per_update": statistics.median(self.tokens[warmup:]),
+                  "tokens_per_s_mean": round(sum(self.tokens[warmup:]) / (self.ends[-1] - self.ends[warmup - 1]), 1),
+                  "model_gflops_per_s": round(flops_per_s / 1e9, 2), "mfu": None, "matmul_peak_tflops": None}
+        if self.cuda:
+            peak = matmul_peak(params.training.precision)
+            result.update(mfu=round(flops_per_s / peak, 4), matmul_peak_tflops=round(peak / 1e12, 1))
+        return result
+
+
+def matmul_peak(precision: str, n: int = 8192, repeats: int = 10) -> float:
+    """The GPU's measured peak FLOP/s: the fastest of repeated n x n matmuls in the training precision."""
+    import torch
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
+    times = []
+    for i in range(repeats + 3):  # 3 warm-up runs
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        a @ b
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return 2 * n ** 3 / min(times[3:])

@@ -1,0 +1,59 @@
+"""The benchmark suite (bench/) runs end to end at a tiny size and writes every section. Benchmarks print
+numbers; this only keeps the code working, so nothing here asserts a speed."""
+import json
+from pathlib import Path
+
+from conftest import set_params
+from stages import compress
+
+
+def positive(*values):
+    return all(isinstance(v, (int, float)) and v > 0 for v in values)
+
+
+def test_quick_benchmark_writes_json_and_markdown(in_trained_project):
+    def edit(p):  # deployment models only: dense fp32, ONNX fp32 and int8
+        p["compress"] = {"sparsities": [0.0], "pruning": "global", "bits": [8], "granularity": "channel",
+                         "onnx_sparsities": [0.0], "recovery": {"seconds": None, "updates": None}}
+        p["evaluate"]["threads"] = 1
+    set_params(in_trained_project, edit)
+    from bench import memory
+    from bench.__main__ import PRELOAD, main
+    memory.preload(PRELOAD)  # --quick's forkserver imports its libraries meanwhile
+    compress.main(["glue", "T1", "sst2"])
+    compress.main(["mt", "T1"])
+    main(["--quick", "--sizes", "T1", "--probe", "pretrain"])
+
+    result = json.loads(Path("reports/bench.json").read_text())
+    assert {"hardware", "settings", "training", "deployment", "overhead", "memory", "targets"} <= set(result)
+    assert result["hardware"]["cpu"] and "torch" in result["hardware"]["versions"]
+
+    [train] = result["training"]
+    assert train["size"] == "T1"
+    assert positive(train["ratio"], *(train[loop][k] for loop in ("fairseq", "transformers")
+                                      for k in ("tokens_per_s", "peak_rss_mb", "updates_timed")))
+
+    [glue] = result["deployment"]["glue"]  # T1-rte was never fine-tuned: skipped
+    [mt] = result["deployment"]["mt"]
+    assert glue["model"] == "T1-sst2" and glue["source"] == "models/compressed/T1-sst2" and mt["model"] == "mt-T1"
+    for row, metric in ((glue, "accuracy"), (mt, "bleu")):
+        for fmt in ("pytorch_fp32", "onnx_fp32", "onnx_int8"):
+            assert positive(row[fmt]["latency_ms"], row[fmt]["throughput"], row[fmt]["peak_rss_mb"])
+            assert 0 <= row[fmt][metric] <= 100
+        assert positive(row["int8_speedup_batch"], row["int8_speedup_batch1"])
+    assert {"target_speedup", "target_accuracy"} <= set(glue)  # T1 is the largest size benchmarked
+
+    overhead = result["overhead"]
+    assert overhead["dvc"]["noop_repro_s"] is None and "dvc status failed" in overhead["dvc"]["skipped"]  # no DVC repo
+    assert positive(overhead["startup"]["stage_bad_args_s"]["pretrain"])  # --quick: no separate import timing
+    [probe] = overhead["budget_utilisation"]
+    assert "skipped" not in probe, probe
+    assert probe["stage"] == "pretrain" and probe["updates"] == 12  # the tiny project's update budget
+    assert positive(probe["train_steps_s"], probe["startup_s"], probe["budget_clock_s"])
+    assert probe["train_steps_s"] < probe["wall_s"] and 0 < probe["utilisation"] < 1
+
+    assert len(result["memory"]) == 2 + 6 and all(positive(m["peak_rss_mb"]) for m in result["memory"])
+    assert all({"name", "value", "goal", "pass", "margin"} <= set(t) for t in result["targets"])
+    assert {t["pass"] for t in result["targets"]} <= {True, False, None}
+    markdown = Path("reports/bench.md").read_text()
+    assert "## Targets" in markdown and "## Training throughput" in markdown and "mt-T1" in markdown
