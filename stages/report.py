@@ -261,9 +261,13 @@ def ordered(values: list, tolerance: float) -> str:
 
 
 def combine(outcomes: list) -> str:
-    if not outcomes:
-        return "inconclusive"
-    return outcomes[0] if len(set(outcomes)) == 1 else "inconclusive"
+    """One verdict over the sweeps: a claim about all sizes holds only if every sweep shows it; one
+    sweep that shows the opposite beyond tolerance, with none showing it, refutes it."""
+    if outcomes and all(o == "holds" for o in outcomes):
+        return "holds"
+    if "does not hold" in outcomes and "holds" not in outcomes:
+        return "does not hold"
+    return "inconclusive"
 
 
 def verdict_robustness(rows: pd.DataFrame):
@@ -271,6 +275,7 @@ def verdict_robustness(rows: pd.DataFrame):
     difference counts only where it exceeds the two confidence half-widths combined."""
     claim = "(c) larger models lose less accuracy under the same pruning and quantization"
     wins = losses = ties = 0
+    dense_scores = []
     for task in sorted(rows.task.unique()):
         d = rows[(rows.task == task) & rows.format.isin(["fairseq fp32", "simulated k-bit"])]
         order = size_order(d)
@@ -280,6 +285,7 @@ def verdict_robustness(rows: pd.DataFrame):
         drop = {}
         for name, s in (("small", small), ("large", large)):
             dense = s[s.variant == "s0.00-fp32"].iloc[0]
+            dense_scores.append(f"{task} {dense['size']} {dense.value:.3g}")
             drop[name] = {(r.target_sparsity, r.bits): (dense.value - r.value, (r.ci_high - r.ci_low) / 2)
                           for r in s.itertuples() if r.variant != "s0.00-fp32"}
         for key in drop["small"].keys() & drop["large"].keys():
@@ -290,8 +296,10 @@ def verdict_robustness(rows: pd.DataFrame):
             ties += abs(ds - dl) <= margin
     verdict = "holds" if wins > losses and wins > ties else \
         "does not hold" if losses > wins and losses > ties else "inconclusive"
+    # a model that scores near chance has little to lose: the dense scores tell the reader whether it did
     return claim, verdict, (f"largest vs smallest size, over every (task, sparsity, bits): the larger lost less in "
-                            f"{wins}, more in {losses}, within the confidence intervals in {ties}")
+                            f"{wins}, more in {losses}, within the confidence intervals in {ties}; dense scores: "
+                            + ", ".join(dense_scores))
 
 
 def verdict_equal_size(rows: pd.DataFrame):
@@ -339,15 +347,17 @@ def recommendation(rows: pd.DataFrame, cfg) -> str:
         best = d.sort_values(["value", "bytes_zip"], ascending=[False, True]).iloc[0]
         # variants whose score lies inside the best one's confidence interval are as good, as far as we know
         close = d[(d.value >= best.ci_low) & (d.variant + d["size"] != best.variant + best["size"])]
-        smallest = close.sort_values("bytes_zip").iloc[0] if not close.empty else None
+        smaller = close[close.bytes_zip < best.bytes_zip]
+        smallest = smaller.sort_values("bytes_zip").iloc[0] if not smaller.empty else None
         lines.append(f"- **{task}**: train **{best['size']}**, ship **{best.variant}** ({best.format}, sparsity "
                      f"{best.sparsity:.2f}, {best.bits} bits): {best.metric} {best.value:.2f} "
                      f"[{best.ci_low:.2f}, {best.ci_high:.2f}], {best.bytes_zip / 1e6:.2f} MB zipped"
                      + (f", {best.latency_ms:.2f} ms at batch 1" if pd.notna(best.latency_ms) else "") + ". "
-                     + (f"{len(close)} other variants score within its confidence interval; the smallest is "
-                        f"{smallest['size']} {smallest.variant} ({smallest.bytes_zip / 1e6:.2f} MB, "
-                        f"{smallest.metric} {smallest.value:.2f})." if smallest is not None else
-                        "No other variant scores within its confidence interval."))
+                     + (f"{len(close)} other variants score within its confidence interval"
+                        + (f"; the smallest of them is {smallest['size']} {smallest.variant} "
+                           f"({smallest.bytes_zip / 1e6:.2f} MB, {smallest.metric} {smallest.value:.2f})."
+                           if smallest is not None else ", none of them smaller.")
+                        if len(close) else "No other variant scores within its confidence interval."))
     return "\n".join(lines)
 
 

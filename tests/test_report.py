@@ -93,3 +93,14 @@ def test_check_without_a_baseline_says_how_to_make_one(reported):
                             cwd=reported, env=dict(os.environ, PYTHONPATH=str(reported)))
     assert result.returncode == 2
     assert "python -m stages.check --update" in result.stderr
+
+
+def test_one_contradicting_sweep_refutes_a_claim_about_all_sizes():
+    from stages.report import combine, ordered
+    assert ordered([8.29, 8.39, 8.51], 0.05) == "does not hold"  # the default run's depth sweep
+    assert ordered([8.40, 8.39, 8.44], 0.05) == "inconclusive"   # its width sweep: ties
+    assert combine(["does not hold", "inconclusive"]) == "does not hold"
+    assert combine(["holds", "inconclusive"]) == "inconclusive"
+    assert combine(["holds", "holds"]) == "holds"
+    assert combine(["holds", "does not hold"]) == "inconclusive"
+    assert combine([]) == "inconclusive"
