@@ -10,8 +10,8 @@ Usage: python -m stages.finetune SIZE TASK
 import json
 from pathlib import Path
 
-from stages.lib import (StageError, budget_flags, device_flags, load_params, non_embedding_params, run_stage,
-                        schedule_flags, train_and_export)
+from stages.lib import (StageError, budget_flags, device_flags, launch_data_parallel, load_params,
+                        non_embedding_params, run_stage, schedule_flags, train_and_export)
 from stages.pretrain import size_flags
 
 
@@ -21,6 +21,8 @@ def main(argv):
         raise StageError("usage: python -m stages.finetune SIZE TASK, SIZE one of pretrain.sizes "
                          f"{params.pretrain.sizes}, TASK one of data.glue_tasks {params.data.glue_tasks}")
     name, task = argv
+    if launch_data_parallel(params.training, "stages.finetune", argv):  # training.world_size ranks did it
+        return
     size, cfg = params.models.mlm[name], params.finetune
     args, flops_of_sample = training_args(params, name, task)
     meta = json.loads((Path("data/bin/glue") / task / "meta.json").read_text())

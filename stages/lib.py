@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import types
@@ -223,21 +224,76 @@ CURVE_FIELDS = ["updates", "seconds", "tokens", "flops", "train_loss", "valid_lo
                 "valid_accuracy", "valid_bleu"]
 
 
-def device_flags(training) -> list:
-    """fairseq flags for params.yaml's `training` section: device, precision, data parallelism."""
+def training_device(training) -> str:
+    """"cuda" or "cpu", as params.yaml's training.device asks and torch allows."""
     import torch
-    device = training.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if training.device == "cuda" and not torch.cuda.is_available():
         raise StageError("params.yaml: training.device is 'cuda' but torch sees no GPU "
                          f"(torch {torch.__version__}); use 'auto' or 'cpu', or install a CUDA build of torch")
-    if device == "cpu":
+    if training.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return training.device
+
+
+def device_flags(training) -> list:
+    """fairseq flags for params.yaml's `training` section: device, precision, and data parallelism when
+    this process is one rank of a torchrun launch (see launch_data_parallel)."""
+    import torch
+    if training_device(training) == "cpu":
         if training.threads:
             torch.set_num_threads(training.threads)
-        return ["--cpu"]
-    precision = {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp32": []}[training.precision]
-    return [*precision, "--distributed-world-size", training.world_size]
+        flags = ["--cpu"]
+    else:
+        flags = {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp32": []}[training.precision]
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        # given explicitly, fairseq's own inference is skipped: it divides the rank by the GPU count
+        # (zero on CPU) and would spawn workers of its own, which would not run this process's hooks
+        flags += ["--distributed-init-method", "env://", "--distributed-world-size", world,
+                  "--distributed-rank", os.environ["RANK"], "--distributed-no-spawn",
+                  "--device-id", os.environ.get("LOCAL_RANK", 0),
+                  # every rank reads the checkpoint itself: rank 0's broadcast unpickles with torch's
+                  # weights-only loader, which refuses fairseq's config objects
+                  "--load-checkpoint-on-all-dp-ranks"]
+        if flags[0] == "--cpu":  # torch's DDP wants GPU modules for device ids; fairseq's own all-reduce does not
+            flags += ["--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
+    return flags
+
+
+def launch_data_parallel(training, module: str, argv: list) -> bool:
+    """With training.world_size > 1, run `python -m <module> <argv>` as that many ranks under torchrun on
+    this machine and return True once they all finished (this process then has nothing left to do).
+    Returns False when there is nothing to launch: one process, or this process already is a rank (of
+    this launch, or of a multi-node torchrun started by hand)."""
+    launched = int(os.environ.get("WORLD_SIZE", 1))
+    if launched > 1 and launched != training.world_size:
+        raise StageError(f"params.yaml: training.world_size is {training.world_size} but torchrun started "
+                         f"{launched} processes (WORLD_SIZE); make them agree")
+    if training.world_size == 1 or launched > 1:
+        return False
+    import torch
+    if training_device(training) == "cuda" and torch.cuda.device_count() < training.world_size:
+        raise StageError(f"params.yaml: training.world_size is {training.world_size} but this machine has "
+                         f"{torch.cuda.device_count()} GPUs; across machines, start torchrun on each (README)")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(training.world_size), "-m", module, *map(str, argv)]
+    log(f"data-parallel training on {training.world_size} processes: {' '.join(command[1:])}")
+    if subprocess.run(command, preexec_fn=_die_with_parent).returncode != 0:
+        raise StageError(f"{module} {' '.join(map(str, argv))}: a data-parallel rank failed (its error is above)")
+    return True
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the stage process dies, so that a `kill -9` of the
+    stage never leaves ranks training behind (torchrun stops its ranks on SIGTERM). Linux only."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+def distributed_rank() -> int:
+    return int(os.environ.get("RANK", 0))
 
 
 def budget_flags(budget) -> list:
@@ -284,21 +340,23 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
     from fairseq import trainer as fairseq_trainer
     import fairseq_cli.train as train_cli
 
-    fingerprint = run_fingerprint(args)
-    fingerprint_file = work / "fingerprint.json"
-    if work.exists() and (not fingerprint_file.exists() or fingerprint_file.read_text() != fingerprint):
-        log(f"{label}: configuration changed since the interrupted run in {work}; starting over")
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    fingerprint_file.write_text(fingerprint)
-
-    repair_checkpoints(work, label)
-    work_curve = work / "curve.csv"
-    rows = resume_curve(work_curve, work / "checkpoint_last.pt")
+    work_curve, master = work / "curve.csv", distributed_rank() == 0
+    rows = []
+    if master:  # the other ranks wait for it in fairseq's process-group set-up
+        fingerprint = run_fingerprint(args)
+        fingerprint_file = work / "fingerprint.json"
+        if work.exists() and (not fingerprint_file.exists() or fingerprint_file.read_text() != fingerprint):
+            log(f"{label}: configuration changed since the interrupted run in {work}; starting over")
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        fingerprint_file.write_text(fingerprint)
+        repair_checkpoints(work, label)
+        rows = resume_curve(work_curve, work / "checkpoint_last.pt")
     if rows:
         log(f"{label}: resuming at update {rows[-1]['updates']} ({float(rows[-1]['seconds']):.0f} s spent)")
+    # tokens and FLOPs: totals on the curve, plus what this rank trained on since the last point
     state = {"tokens": int(rows[-1]["tokens"]) if rows else 0, "flops": float(rows[-1]["flops"]) if rows else 0.0,
-             "loss_sum": 0.0, "loss_n": 0}
+             "new_tokens": 0, "new_flops": 0.0, "loss_sum": 0.0, "loss_n": 0}
 
     def train_step(self, samples, raise_oom=False):
         if on_model is not None and not state.get("model_seen"):
@@ -314,8 +372,8 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
         for sample in samples:
             if sample and "net_input" in sample:
                 tokens, flops = flops_of_sample(sample)
-                state["tokens"] += tokens
-                state["flops"] += flops
+                state["new_tokens"] += tokens
+                state["new_flops"] += flops
         if out and "loss" in out:
             state["loss_sum"] += float(out["loss"])
             state["loss_n"] += 1
@@ -323,8 +381,19 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
 
     def get_valid_stats(cfg, trainer, stats, tracking_best):
         stats = original_valid_stats(cfg, trainer, stats, tracking_best)
-        if tracking_best and distributed_master(cfg):  # the first valid subset, once
-            row = {"updates": trainer.get_num_updates(), "seconds": round(trainer.cumulative_training_time(), 2),
+        if not tracking_best:  # the first valid subset only, once per point
+            return stats
+        new = [state["new_tokens"], state["new_flops"]]
+        if trainer.data_parallel_world_size > 1:  # every rank validates: sum what all ranks trained on
+            new = torch.tensor(new, dtype=torch.float64)
+            torch.distributed.all_reduce(new)
+            new = [int(new[0]), float(new[1])]
+        state["tokens"] += new[0]
+        state["flops"] += new[1]
+        state["new_tokens"], state["new_flops"] = 0, 0.0
+        if distributed_master(cfg):
+            seconds = float(trainer.cumulative_training_time())  # a tensor when there are several ranks
+            row = {"updates": trainer.get_num_updates(), "seconds": round(seconds, 2),
                    "tokens": state["tokens"], "flops": f"{state['flops']:.4g}",
                    "train_loss": round(state["loss_sum"] / state["loss_n"], 4) if state["loss_n"] else "",
                    "valid_loss": stats.get("loss", ""), "valid_ppl": stats.get("ppl", ""),
@@ -335,8 +404,8 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
             rows.append(row)
             write_curve(work_curve, rows)
             log(f"{label}: update {row['updates']}, {row['seconds']:.0f} s, valid loss {row['valid_loss']}")
-            if not math.isfinite(float(row["valid_loss"] or 0)):
-                raise FloatingPointError(f"validation loss is {row['valid_loss']}")
+        if not math.isfinite(float(stats.get("loss") or 0)):  # on every rank: the stats are all-reduced
+            raise FloatingPointError(f"validation loss is {stats.get('loss')}")
         return stats
 
     original_train_step = fairseq_trainer.Trainer.train_step
@@ -363,6 +432,8 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
     finally:
         fairseq_trainer.Trainer.train_step = original_train_step
         train_cli.get_valid_stats = original_valid_stats
+    if not master:
+        return {}
     if not rows:
         raise StageError(f"{label}: training ended before its first validation point; raise the budget")
     curve_path.parent.mkdir(parents=True, exist_ok=True)
@@ -391,6 +462,8 @@ def train_and_export(stage: str, name: str, out: Path, args: list, flops_of_samp
     checkpoint_<keep>.pt (last or best) to out/checkpoint.pt with out/summary.json, drop the scratch."""
     label, work = f"{stage} {name}", WORK_DIR / stage / name
     last = train_with_budget(label, work, args, Path("reports/curves") / f"{stage}-{name}.csv", flops_of_sample)
+    if distributed_rank() != 0:  # rank 0 writes the outputs
+        return last
     parameters = export_checkpoint(work / f"checkpoint_{keep}.pt", out / "checkpoint.pt")
     write_json(out / "summary.json", {**summary, "parameters": parameters, "final": last})
     shutil.rmtree(work)

@@ -9,8 +9,8 @@ Usage: python -m stages.pretrain SIZE
 """
 from pathlib import Path
 
-from stages.lib import (budget_flags, device_flags, load_params, non_embedding_params, run_stage, schedule_flags,
-                        size_arg, train_and_export)
+from stages.lib import (budget_flags, device_flags, launch_data_parallel, load_params, non_embedding_params,
+                        run_stage, schedule_flags, size_arg, train_and_export)
 
 DATA = Path("data/bin/mlm")
 
@@ -18,6 +18,8 @@ DATA = Path("data/bin/mlm")
 def main(argv):
     params = load_params()
     name = size_arg(argv, params.pretrain.sizes, "pretrain.sizes", "python -m stages.pretrain SIZE")
+    if launch_data_parallel(params.training, "stages.pretrain", argv):  # training.world_size ranks did it
+        return
     size, cfg = params.models.mlm[name], params.pretrain
     args = [DATA, "--task", "masked_lm", "--criterion", "masked_lm", "--arch", "roberta",
             *size_flags(size, cfg.tokens_per_sample),

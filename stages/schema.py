@@ -145,7 +145,7 @@ class Budget(Strict):
 class Training(Strict):
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["fp16", "bf16", "fp32"]   # on CUDA; CPU always trains in fp32
-    world_size: int = Field(ge=1)                # GPUs for fairseq's data-parallel training
+    world_size: int = Field(ge=1)                # data-parallel ranks, launched with torchrun
     threads: int | None = Field(ge=1)            # CPU threads (null: torch's default)
     seed: int = Field(ge=0)
 

@@ -12,8 +12,8 @@ Usage: python -m stages.train_mt SIZE
 import json
 from pathlib import Path
 
-from stages.lib import (budget_flags, device_flags, load_params, non_embedding_params, run_stage, schedule_flags,
-                        size_arg, train_and_export)
+from stages.lib import (budget_flags, device_flags, launch_data_parallel, load_params, non_embedding_params,
+                        run_stage, schedule_flags, size_arg, train_and_export)
 
 DATA = Path("data/bin/mt")
 
@@ -21,6 +21,8 @@ DATA = Path("data/bin/mt")
 def main(argv):
     params = load_params()
     name = size_arg(argv, params.train_mt.sizes, "train_mt.sizes", "python -m stages.train_mt SIZE")
+    if launch_data_parallel(params.training, "stages.train_mt", argv):  # training.world_size ranks did it
+        return
     size, cfg, tr = params.models.mt[name], params.train_mt, params.data.translation
     args, flops_of_sample = training_args(params, name)
     train_and_export("train_mt", name, Path("models/mt") / name, args, flops_of_sample, keep="best",

@@ -171,3 +171,40 @@ def test_unknown_size_is_refused(prepared):
     with pytest.raises(StageError) as e:
         pretrain.main(["L99-H1"])
     assert "SIZE one of pretrain.sizes ['T1', 'T2']" in str(e.value)
+
+
+def test_data_parallel_training_runs_every_rank_and_counts_every_batch(prepared):
+    """training.world_size 2 on CPU: the stage relaunches itself under torchrun (gloo); rank 0 writes."""
+    set_params(prepared, lambda p: p["training"].update(world_size=2))
+    pretrain.main(["T1"])
+    curve = read_curve("reports/curves/pretrain-T1.csv")
+    assert [int(r["updates"]) for r in curve] == [4, 8, 12]
+    assert [int(r["tokens"]) for r in curve] == [2 * 256 * 4, 2 * 256 * 8, 2 * 256 * 12]  # both ranks' batches
+    assert float(curve[-1]["valid_loss"]) < float(curve[0]["valid_loss"])
+    assert load_checkpoint(Path("models/pretrain/T1/checkpoint.pt"))["cfg"]["distributed_training"][
+        "distributed_world_size"] == 2
+    assert not (WORK_DIR / "pretrain" / "T1").exists()
+
+
+def test_data_parallel_world_size_must_match_torchrun(prepared, monkeypatch):
+    set_params(prepared, lambda p: p["training"].update(world_size=2))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(StageError) as e:
+        pretrain.main(["T1"])
+    assert "training.world_size is 2 but torchrun started 4 processes" in str(e.value)
+
+
+def test_data_parallel_kill_and_resume(prepared):
+    """A kill -9 of the stage stops its ranks too; the next run resumes on both ranks."""
+    set_params(prepared, lambda p: (p["training"].update(world_size=2),
+                                    p["pretrain"].update(budget={"seconds": None, "updates": 40})))
+    work = WORK_DIR / "pretrain" / "T2"
+    kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 3, timeout=600)
+    deadline = time.time() + 30
+    while subprocess.run(["pgrep", "-f", "stages.pretrain T2"], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "ranks still running after the stage was killed"
+        time.sleep(0.5)
+    pretrain.main(["T2"])
+    updates = [int(r["updates"]) for r in read_curve("reports/curves/pretrain-T2.csv")]
+    assert updates == list(range(4, 41, 4))
