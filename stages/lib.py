@@ -239,14 +239,17 @@ def device_flags(training) -> list:
     """fairseq flags for params.yaml's `training` section: device, precision, and data parallelism when
     this process is one rank of a torchrun launch (see launch_data_parallel)."""
     import torch
-    if training_device(training) == "cpu":
+    cpu = training_device(training) == "cpu"
+    if cpu:
         if training.threads:
             torch.set_num_threads(training.threads)
         flags = ["--cpu"]
     else:
         flags = {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp32": []}[training.precision]
     world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
+    if world == 1:  # explicit: fairseq's default is every GPU it sees
+        flags += ["--distributed-world-size", 1]
+    else:
         # given explicitly, fairseq's own inference is skipped: it divides the rank by the GPU count
         # (zero on CPU) and would spawn workers of its own, which would not run this process's hooks
         flags += ["--distributed-init-method", "env://", "--distributed-world-size", world,
@@ -255,7 +258,7 @@ def device_flags(training) -> list:
                   # every rank reads the checkpoint itself: rank 0's broadcast unpickles with torch's
                   # weights-only loader, which refuses fairseq's config objects
                   "--load-checkpoint-on-all-dp-ranks"]
-        if flags[0] == "--cpu":  # torch's DDP wants GPU modules for device ids; fairseq's own all-reduce does not
+        if cpu:  # torch's DDP wants GPU modules for device ids; fairseq's own all-reduce does not
             flags += ["--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
     return flags
 
