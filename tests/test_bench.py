@@ -57,3 +57,10 @@ def test_quick_benchmark_writes_json_and_markdown(in_trained_project):
     assert {t["pass"] for t in result["targets"]} <= {True, False, None}
     markdown = Path("reports/bench.md").read_text()
     assert "## Targets" in markdown and "## Training throughput" in markdown and "mt-T1" in markdown
+
+    from bench import ort_profile
+    profiled = ort_profile.main(["T1-sst2", "--repeats", "2", "--threads", "1", "--batch", "4"])
+    for fmt in ("fp32", "int8"):
+        assert positive(profiled[fmt]["wall_ms"], profiled[fmt]["wall_spinning_ms"], *profiled[fmt]["ops"].values())
+    quantized = [[op for op in profiled[fmt]["ops"] if "Integer" in op or "Quant" in op] for fmt in ("fp32", "int8")]
+    assert quantized[1] and not quantized[0]  # int8 kernels in the int8 model only
