@@ -21,13 +21,12 @@ with the spm model alone, which is saved beside it as SPM_FILE.
     batch = tok(lines, return_tensors="pt", padding=True)
     tok.batch_decode(model.generate(**batch, num_beams=4), skip_special_tokens=True)
 """
-import argparse
 import shutil
 from pathlib import Path
 
 import torch
 
-from stages.hf_roberta import quantize_int8, quiet  # the same ONNX Runtime settings for both
+from stages.hf_roberta import checkpoint_options, quantize_int8, quiet  # shared with the classifier
 from stages.lib import StageError
 
 SPM_FILE = "spm.model"  # the sentencepiece model, in every output directory
@@ -109,9 +108,7 @@ def save_transformers_translator(checkpoint: dict, out: Path, spm_model: Path | 
 
 def check_translator(checkpoint: dict) -> tuple[dict, dict]:
     """The model and task options of a convertible translation checkpoint; StageError for anything else."""
-    cfg = checkpoint.get("cfg") or {}
-    opts, task = options(cfg.get("model")), options(cfg.get("task"))
-    arch, task_name = opts.get("arch", opts.get("_name")), task.get("_name")
+    opts, task, arch, task_name = checkpoint_options(checkpoint)
     if task_name != "translation" or not str(arch).startswith("transformer"):
         raise StageError(f"the checkpoint is a fairseq {task_name!r} model with arch {arch!r}; converting to "
                          "M2M100 needs a translation model: --task translation --arch transformer")
@@ -127,12 +124,6 @@ def check_translator(checkpoint: dict) -> tuple[dict, dict]:
             "decoder_ffn_embed_dim": opts["encoder_ffn_embed_dim"], **opts}
     return opts, task
 
-
-def options(section) -> dict:
-    """A checkpoint cfg section as a dict: fairseq stores an argparse Namespace or an omegaconf DictConfig."""
-    if isinstance(section, argparse.Namespace):
-        return vars(section)
-    return dict(section or {})
 
 
 def check_dictionary(spm_model: Path, dictionary: Path, vocab: int) -> None:

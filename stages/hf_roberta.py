@@ -58,7 +58,7 @@ def save_transformers_classifier(checkpoint: dict, spm_model: Path, labels: list
             raise StageError(f"labels is 'regression' but the classification head has {num_outputs} outputs")
         names = ["score"]
     else:
-        label_dict = Path(label_dict or Path(options(checkpoint["cfg"]["task"])["data"]) / "label" / "dict.txt")
+        label_dict = Path(label_dict or Path(checkpoint_options(checkpoint)[1]["data"]) / "label" / "dict.txt")
         if not label_dict.exists():
             raise StageError(f"{label_dict}: not found; fairseq's label dictionary gives the order of the classes")
         names = [line.rsplit(" ", 1)[0] for line in label_dict.read_text().splitlines()][:num_outputs]
@@ -105,9 +105,7 @@ def save_transformers_classifier(checkpoint: dict, spm_model: Path, labels: list
 def check_classifier(checkpoint: dict) -> tuple[dict, str]:
     """The model options of a convertible sentence_prediction RoBERTa checkpoint and the state-dict prefix
     of its classification head; StageError for anything else."""
-    cfg = checkpoint.get("cfg") or {}
-    opts, task = options(cfg.get("model")), options(cfg.get("task"))
-    arch, task_name = opts.get("arch", opts.get("_name")), task.get("_name")
+    opts, task, arch, task_name = checkpoint_options(checkpoint)
     if task_name != "sentence_prediction" or not str(arch).startswith("roberta"):
         raise StageError(f"the checkpoint is a fairseq {task_name!r} model with arch {arch!r}; converting to "
                          "transformers needs a RoBERTa fine-tuned with --task sentence_prediction --arch roberta")
@@ -126,11 +124,14 @@ def check_classifier(checkpoint: dict) -> tuple[dict, str]:
     return opts, f"classification_heads.{name}"
 
 
-def options(section) -> dict:
-    """A checkpoint cfg section as a dict: fairseq stores an argparse Namespace or an omegaconf DictConfig."""
-    if isinstance(section, argparse.Namespace):
-        return vars(section)
-    return dict(section or {})
+def checkpoint_options(checkpoint: dict) -> tuple[dict, dict, str, str]:
+    """A fairseq checkpoint's model options, task options, architecture and task name, as dicts whether
+    fairseq stored an argparse Namespace (older checkpoints) or an omegaconf DictConfig."""
+    def options(section) -> dict:
+        return vars(section) if isinstance(section, argparse.Namespace) else dict(section or {})
+    cfg = checkpoint.get("cfg") or {}
+    opts, task = options(cfg.get("model")), options(cfg.get("task"))
+    return opts, task, opts.get("arch", opts.get("_name")), task.get("_name")
 
 
 def export_onnx_classifier(hf_dir: Path, fp32_dir: Path, int8_dir: Path) -> None:
