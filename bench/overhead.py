@@ -9,6 +9,7 @@
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,7 +22,8 @@ import yaml
 UTILISATION_METHOD = (
     "each training stage runs once, unchanged (`python -m bench.probe` wraps `python -m stages.<stage>` and "
     "only records when fairseq's updates, validations and checkpoint saves run), in a temp project linking "
-    "this project's data/ and models/pretrain/, with params.yaml's budget (--quick: capped at 20 s). "
+    "this project's data/ (finetune: with a copy of the pretrained checkpoint; the project's own outputs are "
+    "never written), with params.yaml's budget (--quick: capped at 20 s). "
     "Utilisation = time inside updates (forward, backward, optimizer step) / the stage process's wall time; "
     "the rest is start-up (until the first update), between updates (data loading, validation, checkpoints, "
     "logging) and after training (last validation and checkpoint, export, clean-up); validation and "
@@ -95,9 +97,10 @@ def utilisation(stage: str, argv: list, cap_seconds: float | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp)
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        (project / "data").symlink_to(Path("data").resolve())
+        (project / "data").symlink_to(Path("data").resolve())  # only read: the prepare stages do not run
         (project / "models").mkdir()
-        (project / "models" / "pretrain").symlink_to(Path("models/pretrain").resolve())
+        if stage == "finetune":  # a copy, never a link: a stage replaces its output directory
+            shutil.copytree(Path("models/pretrain") / argv[0], project / "models" / "pretrain" / argv[0])
         started = time.time()
         _, code, out, err = command([sys.executable, "-m", "bench.probe", project / "probe.json", stage, *argv],
                                     cwd=project)

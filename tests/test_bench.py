@@ -22,7 +22,10 @@ def test_quick_benchmark_writes_json_and_markdown(in_trained_project):
     memory.preload(PRELOAD)  # --quick's forkserver imports its libraries meanwhile
     compress.main(["glue", "T1", "sst2"])
     compress.main(["mt", "T1"])
+    checkpoint = Path("models/pretrain/T1/checkpoint.pt")
+    before = (checkpoint.stat().st_ino, checkpoint.stat().st_mtime_ns)
     main(["--quick", "--sizes", "T1", "--probe", "pretrain"])
+    assert (checkpoint.stat().st_ino, checkpoint.stat().st_mtime_ns) == before  # the probe never writes here
 
     result = json.loads(Path("reports/bench.json").read_text())
     assert {"hardware", "settings", "training", "deployment", "overhead", "memory", "targets"} <= set(result)
