@@ -1,12 +1,11 @@
 """The whole pipeline through `dvc repro` on the tiny mirror with tiny models: every stage runs, the
 metrics and plots are visible to DVC, and a change re-runs only what depends on it."""
 import json
-import shutil
 
 import pytest
 
-from conftest import make_tiny_project, set_params, tiny_training
-from test_pipeline_dvc import repro, run
+from conftest import set_params, tiny_training
+from test_pipeline_dvc import build_dvc_project, enter_copy, repro, run
 
 
 def tiny_pipeline(p):
@@ -22,25 +21,15 @@ def tiny_pipeline(p):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    project = make_tiny_project(root)
-    set_params(project, tiny_pipeline)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DATA_MIRROR", str(root / "mirror"))
-        mp.chdir(project)
-        run("git", "init", "-q")
-        run("dvc", "init", "-q")
-        result, ran = repro()
-        assert {"pretrain@T1", "finetune@T1-sst2", "train_mt@T1", "compress_glue@T1-sst2", "compress_mt@T1",
-                "evaluate_glue@T1-sst2", "evaluate_mt@T1", "tabulate", "report"} <= ran, result.stdout
+    result, ran = build_dvc_project(root, tiny_pipeline)
+    assert {"pretrain@T1", "finetune@T1-sst2", "train_mt@T1", "compress_glue@T1-sst2", "compress_mt@T1",
+            "evaluate_glue@T1-sst2", "evaluate_mt@T1", "tabulate", "report"} <= ran, result.stdout
     return root
 
 
 @pytest.fixture
 def project(pipeline, tmp_path, monkeypatch):
-    shutil.copytree(pipeline, tmp_path / "copy", symlinks=True)
-    monkeypatch.chdir(tmp_path / "copy" / "project")
-    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "copy" / "mirror"))
-    return tmp_path / "copy" / "project"
+    return enter_copy(pipeline, tmp_path, monkeypatch)
 
 
 def test_metrics_and_plots_are_visible_to_dvc(project):

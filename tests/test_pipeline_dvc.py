@@ -27,11 +27,12 @@ def repro(*stages, check=True):
     return result, set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The tiny project as a git + DVC repo after one full `dvc repro` of the data stages (done once)."""
-    root = tmp_path_factory.mktemp("built")
+def build_dvc_project(root: Path, edit=None, stages=()) -> tuple:
+    """A tiny project under `root` as a git + DVC repo after `dvc repro STAGES` (all when none), with its
+    params edited by `edit` first. Returns repro's result and the stages that ran."""
     project = make_tiny_project(root)
+    if edit:
+        set_params(project, edit)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DATA_MIRROR", str(root / "mirror"))
         mp.chdir(project)
@@ -39,20 +40,32 @@ def built(tmp_path_factory):
         run("git", "config", "user.email", "test@example.com")
         run("git", "config", "user.name", "test")
         run("dvc", "init", "-q")
-        result, ran = repro(*DATA_STAGES)
-        assert ran == set(DATA_STAGES), result.stdout
+        result, ran = repro(*stages)
         run("git", "add", "-A")
         run("git", "commit", "-qm", "tiny pipeline")
+    return result, ran
+
+
+def enter_copy(built: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of a built project (repo, DVC cache and mirror), entered, so a test can change it."""
+    shutil.copytree(built, tmp_path / "copy", symlinks=True)
+    monkeypatch.chdir(tmp_path / "copy" / "project")
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "copy" / "mirror"))
+    return tmp_path / "copy" / "project"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The tiny project as a git + DVC repo after one full `dvc repro` of the data stages (done once)."""
+    root = tmp_path_factory.mktemp("built")
+    result, ran = build_dvc_project(root, stages=DATA_STAGES)
+    assert ran == set(DATA_STAGES), result.stdout
     return root
 
 
 @pytest.fixture
 def dvc_project(built, tmp_path, monkeypatch):
-    """A private copy of the built project (repo, DVC cache and mirror), so tests can change it."""
-    shutil.copytree(built, tmp_path / "copy", symlinks=True)
-    monkeypatch.chdir(tmp_path / "copy" / "project")
-    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "copy" / "mirror"))
-    return tmp_path / "copy" / "project"
+    return enter_copy(built, tmp_path, monkeypatch)
 
 
 def test_repro_produces_binarized_data_for_all_three_tasks(dvc_project):
