@@ -239,9 +239,7 @@ def pack_bits(values: np.ndarray, bits: int):
 
 def unpack_bits(packed, bits: int, n: int) -> np.ndarray:
     as_bits = np.unpackbits(packed.numpy())[: n * bits].reshape(n, bits)
-    full = np.zeros((n, 16), dtype=np.uint8)
-    full[:, 16 - bits:] = as_bits
-    return np.packbits(full, axis=1).view(">u2").ravel().astype(np.int64)
+    return as_bits @ (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))  # big-endian bits -> integers
 
 
 def scale_bytes(stored: dict) -> int:

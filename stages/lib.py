@@ -411,10 +411,17 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
             raise FloatingPointError(f"validation loss is {stats.get('loss')}")
         return stats
 
+    def parse_args_and_arch(*args, **kwargs):
+        parsed = original_parse(*args, **kwargs)
+        parsed.tpu = False  # fairseq's --bf16 implies --tpu (torch_xla); here it means a GPU's bfloat16
+        return parsed
+
     original_train_step = fairseq_trainer.Trainer.train_step
     original_valid_stats = train_cli.get_valid_stats
+    original_parse = train_cli.options.parse_args_and_arch
     fairseq_trainer.Trainer.train_step = train_step
     train_cli.get_valid_stats = get_valid_stats
+    train_cli.options.parse_args_and_arch = parse_args_and_arch
     # fairseq keeps the best validation score on a function attribute, for the whole process: a second
     # run in one process (tests) would compare against the first run's best (a resumed run restores its own)
     from fairseq import checkpoint_utils
@@ -435,6 +442,7 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
     finally:
         fairseq_trainer.Trainer.train_step = original_train_step
         train_cli.get_valid_stats = original_valid_stats
+        train_cli.options.parse_args_and_arch = original_parse
     if not master:
         return {}
     if not rows:
@@ -549,9 +557,13 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict:
 def export_checkpoint(source: Path, dest: Path) -> int:
     """Copy a fairseq checkpoint with the model only: no optimizer state, and no training-run state
     (fairseq would restore its elapsed training time into a fine-tuning run, spending that run's
-    budget before it starts). Returns the parameter count."""
+    budget before it starts), and fp32 weights (an fp16/bf16 run keeps its model in that precision;
+    pruning, conversion and CPU evaluation work in fp32). Returns the parameter count."""
     import torch
     state = load_checkpoint(source)
+    for key, tensor in state["model"].items():
+        if tensor.is_floating_point():
+            state["model"][key] = tensor.float()  # the same tensor when it already is fp32
     state["last_optimizer_state"] = None
     for key in ("previous_training_time", "metrics"):
         state["extra_state"].pop(key, None)

@@ -208,3 +208,33 @@ def test_data_parallel_kill_and_resume(prepared):
     pretrain.main(["T2"])
     updates = [int(r["updates"]) for r in read_curve("reports/curves/pretrain-T2.csv")]
     assert updates == list(range(4, 41, 4))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_precision_flags_train_every_stage_with_fairseqs_mixed_precision_trainer(prepared, monkeypatch,
+                                                                                       precision):
+    """The flags a CUDA run gets (`--fp16` or `--bf16`, no `--cpu`), run on this CPU: fairseq trains on the
+    CPU when torch sees no GPU, so its mixed-precision trainer (half or bfloat16 model, fp32 master weights)
+    runs under the stages' hooks. Not a GPU test: it catches flag and dtype faults, such as fairseq's --bf16
+    implying a TPU, or half-precision weights reaching pruning and the CPU evaluation."""
+    from stages import lib
+    monkeypatch.setattr(lib, "training_device", lambda training: "cuda")
+    # fairseq's flat fp32 master copy (fp16) is keyed by the parameters' device index: None on the CPU
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
+    set_params(prepared, lambda p: (p["training"].update(precision=precision),
+                                    p["finetune"].update(budget={"seconds": None, "updates": 15})))
+    pretrain.main(["T1"])
+    finetune.main(["T1", "sst2"])
+    train_mt.main(["T1"])
+    for curve_file, checkpoint in (("pretrain-T1", "pretrain/T1"), ("finetune-T1-sst2", "finetune/T1-sst2"),
+                                   ("train_mt-T1", "mt/T1")):
+        curve = read_curve(f"reports/curves/{curve_file}.csv")
+        losses = [float(r["valid_loss"]) for r in curve]
+        assert len(curve) >= 1 and all(map(torch.isfinite, torch.tensor(losses))), (curve_file, losses)
+        state = load_checkpoint(Path("models") / checkpoint / "checkpoint.pt")
+        common = state["cfg"]["common"]
+        assert common[precision] and not common["cpu"] and not common["tpu"], curve_file
+        dtypes = {v.dtype for v in state["model"].values() if v.is_floating_point()}
+        assert dtypes == {torch.float32}, (curve_file, dtypes)  # what pruning and ONNX export expect
+    pretrain_losses = [float(r["valid_loss"]) for r in read_curve("reports/curves/pretrain-T1.csv")]
+    assert pretrain_losses[-1] < pretrain_losses[0]
