@@ -2,7 +2,10 @@
 
 GLUE: the task's metric (accuracy; MCC for CoLA, F1 for MRPC/QQP, Pearson for STS-B) on each dev
 split, with a 95% bootstrap confidence interval. Translation: sacrebleu BLEU (signature recorded) on
-the detokenized test set with beam search. fairseq variants run in PyTorch, ONNX variants in ONNX
+the detokenized test set with beam search. Each row also carries `constant_score`: the best score
+of a predictor that ignores its input (always the same class; for the loss, the dev label
+frequencies; for BLEU, the same sentence for every source) on the same examples, so a model at that
+level is seen to have learned nothing. fairseq variants run in PyTorch, ONNX variants in ONNX
 Runtime on raw text, never by reloading PyTorch weights. Size columns come from variant.json. Speed
 (batch-1 latency, throughput at `evaluate.batch_size`, median of `evaluate.repeats` runs after a
 warm-up, `evaluate.threads` threads) is measured for the deployment formats: PyTorch fp32 of the dense
@@ -24,13 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.compress import VARIANT_FILE, load_variant, model_arg
+from stages.compress import VARIANT_FILE, class_labels, load_variant, model_arg
 from stages.lib import StageError, allow_checkpoint_globals, load_params, log, read_lines, run_stage
 
 FIELDS = ["model", "task", "size", "layers", "hidden", "variant", "format", "target_sparsity", "sparsity", "bits",
           "parameters", "nonzero_parameters", "bits_per_weight", "bytes", "bytes_zip", "split", "examples",
-          "metric", "value", "ci_low", "ci_high", "latency_ms", "throughput", "throughput_unit", "threads",
-          "hardware", "details"]
+          "metric", "value", "ci_low", "ci_high", "constant_score", "latency_ms", "throughput", "throughput_unit",
+          "threads", "hardware", "details"]
+CONSTANT_CANDIDATES = 100  # translation's constant baseline: sentences tried (each costs one corpus BLEU)
 TASK_METRIC = {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "stsb": "pearson"}  # GLUE's own; accuracy otherwise
 
 
@@ -56,6 +60,7 @@ def main(argv):
             onnx = described["format"].startswith("ONNX")
             results, timing = evaluator.onnx(variant) if onnx else evaluator.fairseq(variant, described)
             for split, examples, metric, value, low, high, details in results:
+                constant = evaluator.constant_score(split, metric)
                 rows.append({
                     **{k: described[k] for k in ("task", "size", "layers", "hidden", "format", "target_sparsity",
                                                  "sparsity", "bits", "parameters", "nonzero_parameters", "bytes",
@@ -63,6 +68,7 @@ def main(argv):
                     "model": name, "variant": variant.name, "split": split, "examples": examples,
                     "bits_per_weight": round(8 * described["bytes"] / described["parameters"], 3),
                     "metric": metric, "value": round(value, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
+                    "constant_score": "" if constant is None else round(constant, 4),
                     **(timing or {}), "threads": cfg.threads, "hardware": hardware(), "details": details})
             log(f"evaluate {name}: [{i}/{len(variants)}] {variant.name}: "
                 + ", ".join(f"{r[2]} {r[3]:.2f}" for r in results)
@@ -98,9 +104,9 @@ def accuracy(gold, predicted):
     return 100.0 * float(np.mean(gold == predicted))
 
 
-def f1(gold, predicted):  # positive class 1, as GLUE scores MRPC and QQP
-    tp = np.sum((predicted == 1) & (gold == 1))
-    return 100.0 * 2 * tp / max(np.sum(predicted == 1) + np.sum(gold == 1), 1)
+def f1(gold, predicted, positive: int = 1):  # of the positive class (label "1"), as GLUE scores MRPC and QQP
+    tp = np.sum((predicted == positive) & (gold == positive))
+    return 100.0 * 2 * tp / max(np.sum(predicted == positive) + np.sum(gold == positive), 1)
 
 
 def mcc(gold, predicted):
@@ -164,6 +170,11 @@ class GlueEval:
         self.meta = json.loads((self.data / "meta.json").read_text())
         self.metric = TASK_METRIC.get(task, "accuracy")
         self.model = self.fairseq_task = None
+        # the classifier's output order is fairseq's label dictionary (by frequency), so label "1",
+        # F1's positive class, need not be output 1
+        self.classes = [] if self.meta["regression"] else class_labels(task)
+        self.metrics = {**CLASSIFICATION_METRICS,
+                        "f1": lambda g, p: f1(g, p, self.classes.index("1") if "1" in self.classes else 1)}
 
     def splits(self):
         """(fairseq split, our split name, raw rows) of every dev split, capped."""
@@ -178,9 +189,21 @@ class GlueEval:
         moves before accuracy does on small dev sets."""
         if self.meta["regression"]:
             return [("pearson", *bootstrap(pearson, gold, logits[:, 0], self.cfg.bootstrap))]
-        scores = [(m, *bootstrap(lambda g, x, m=m: CLASSIFICATION_METRICS[m](g, x.argmax(-1)), gold, logits,
+        scores = [(m, *bootstrap(lambda g, x, m=m: self.metrics[m](g, x.argmax(-1)), gold, logits,
                                  self.cfg.bootstrap)) for m in dict.fromkeys([self.metric, "accuracy"])]
         return scores + [("loss", *bootstrap(cross_entropy, gold, logits, self.cfg.bootstrap))]
+
+    def constant_score(self, split: str, metric: str):
+        """The best `metric` of an input-ignoring predictor on `split`'s evaluated examples: the best single
+        class (accuracy, F1, MCC), the dev label frequencies (loss: their entropy), 0 for Pearson."""
+        if self.meta["regression"]:
+            return 0.0
+        rows = next(rows for _, name, rows in self.splits() if name == split)
+        gold = np.array([self.classes.index(r["label"]) for r in rows])
+        if metric == "loss":
+            frequencies = np.bincount(gold) / len(gold)
+            return float(-np.sum(frequencies[frequencies > 0] * np.log(frequencies[frequencies > 0])))
+        return max(self.metrics[metric](gold, np.full_like(gold, c)) for c in range(len(self.classes)))
 
     def fairseq(self, variant: Path, described: dict):
         from fairseq import checkpoint_utils
@@ -223,6 +246,9 @@ class GlueEval:
         model = load_onnx(ORTModelForSequenceClassification, variant, threads=self.cfg.threads)
         tokenizer = AutoTokenizer.from_pretrained(variant)
         label_id = {label: int(i) for i, label in model.config.id2label.items()}
+        if not self.meta["regression"] and [model.config.id2label[i] for i in range(len(label_id))] != self.classes:
+            raise StageError(f"{variant}: its classes {model.config.id2label} are not in the order of "
+                             f"{self.data}/label/dict.txt {self.classes}; export it again (dvc repro -f compress_glue)")
         columns = ["sentence1", "sentence2"] if self.meta["pair"] else ["sentence1"]
 
         def run(batch):
@@ -271,7 +297,16 @@ class TranslationEval:
         n = cfg.max_test_sentences
         self.sources = read_lines(self.data / f"test.raw.{translation.source}")[:n]
         self.references = read_lines(self.data / f"test.raw.{translation.target}")[:n]
-        self.model = self.fairseq_task = None
+        self.model = self.fairseq_task = self.constant = None
+
+    def constant_score(self, split: str, metric: str):
+        """BLEU of the best input-ignoring translation: one sentence, output for every source, chosen
+        as the best among the first CONSTANT_CANDIDATES references (they share the test set's words)."""
+        if self.constant is None:
+            from sacrebleu.metrics import BLEU
+            self.constant = max(BLEU().corpus_score([c] * len(self.references), [self.references]).score
+                                for c in self.references[:CONSTANT_CANDIDATES])
+        return self.constant
 
     def bleu(self, hypotheses: list[str]):
         from sacrebleu.metrics import BLEU

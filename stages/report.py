@@ -140,6 +140,10 @@ def per_task(rows: pd.DataFrame, draw, name: str, width=5.0):
     for ax, task in zip(axes[0], tasks):
         data = rows[rows.task == task]
         draw(ax, data, size_order(data))
+        constant = data.constant_score.dropna()
+        if len(constant):  # what a model that ignores its input scores
+            ax.axhline(constant.iloc[0], color="grey", linestyle="--", linewidth=1, label="constant prediction")
+            ax.legend(title="size")
         ax.set_title(f"{task} ({data.split.iloc[0]}, {data.examples.iloc[0]} examples)")
     return save(fig, name)
 
@@ -271,35 +275,47 @@ def combine(outcomes: list) -> str:
 
 
 def verdict_robustness(rows: pd.DataFrame):
-    """Per task: accuracy drop of the largest and the smallest size at each compression setting; a drop
-    difference counts only where it exceeds the two confidence half-widths combined."""
+    """Per task: accuracy drop of the largest and the smallest size that learned the task (beat constant
+    prediction: a model that did not has nothing to lose) at each compression setting; a drop difference
+    counts only where it exceeds the two confidence half-widths combined."""
     claim = "(c) larger models lose less accuracy under the same pruning and quantization"
     wins = losses = ties = 0
-    dense_scores = []
+    dense_scores, left_out = [], []
     for task in sorted(rows.task.unique()):
         d = rows[(rows.task == task) & rows.format.isin(["fairseq fp32", "simulated k-bit"])]
-        order = size_order(d)
-        small, large = d[d["size"] == order[0]], d[d["size"] == order[-1]]
-        if len(order) < 2:
+        dense = {size: d[(d["size"] == size) & (d.variant == "s0.00-fp32")].iloc[0] for size in size_order(d)}
+        dense_scores += [f"{task} {size} {r.value:.3g}" for size, r in dense.items()]
+        at_constant = [size for size, r in dense.items() if not learned(r)]
+        if at_constant:
+            left_out.append(f"{task} {', '.join(at_constant)} (constant prediction: "
+                            f"{next(iter(dense.values())).constant_score:.3g})")
+        compared = [size for size in dense if size not in at_constant]
+        if len(compared) < 2:
             continue
         drop = {}
-        for name, s in (("small", small), ("large", large)):
-            dense = s[s.variant == "s0.00-fp32"].iloc[0]
-            dense_scores.append(f"{task} {dense['size']} {dense.value:.3g}")
-            drop[name] = {(r.target_sparsity, r.bits): (dense.value - r.value, (r.ci_high - r.ci_low) / 2)
-                          for r in s.itertuples() if r.variant != "s0.00-fp32"}
-        for key in drop["small"].keys() & drop["large"].keys():
-            (ds, hs), (dl, hl) = drop["small"][key], drop["large"][key]
+        for name in (compared[0], compared[-1]):
+            drop[name] = {(r.target_sparsity, r.bits): (dense[name].value - r.value, (r.ci_high - r.ci_low) / 2)
+                          for r in d[d["size"] == name].itertuples() if r.variant != "s0.00-fp32"}
+        small, large = drop[compared[0]], drop[compared[-1]]
+        for key in small.keys() & large.keys():
+            (ds, hs), (dl, hl) = small[key], large[key]
             margin = np.hypot(hs, hl)
             wins += ds - dl > margin
             losses += dl - ds > margin
             ties += abs(ds - dl) <= margin
     verdict = "holds" if wins > losses and wins > ties else \
         "does not hold" if losses > wins and losses > ties else "inconclusive"
-    # a model that scores near chance has little to lose: the dense scores tell the reader whether it did
-    return claim, verdict, (f"largest vs smallest size, over every (task, sparsity, bits): the larger lost less in "
-                            f"{wins}, more in {losses}, within the confidence intervals in {ties}; dense scores: "
-                            + ", ".join(dense_scores))
+    return claim, verdict, (f"largest vs smallest size that beat constant prediction, over every (task, sparsity, "
+                            f"bits): the larger lost less in {wins}, more in {losses}, within the confidence "
+                            f"intervals in {ties}; dense scores: " + ", ".join(dense_scores)
+                            + (f"; left out, no better than constant prediction: {'; '.join(left_out)}"
+                               if left_out else ""))
+
+
+def learned(row) -> bool:
+    """Whether a variant beats the best input-ignoring predictor beyond its confidence interval (always
+    true where there is no such baseline, as for BLEU)."""
+    return pd.isna(row.constant_score) or row.ci_low > row.constant_score
 
 
 def verdict_equal_size(rows: pd.DataFrame):
@@ -344,6 +360,14 @@ def recommendation(rows: pd.DataFrame, cfg) -> str:
         if d.empty:
             lines.append(f"- **{task}**: no measured variant meets the limit.")
             continue
+        if not d.apply(learned, axis=1).any():
+            best = d.sort_values(["value", "bytes_zip"], ascending=[False, True]).iloc[0]
+            lines.append(f"- **{task}**: nothing to ship: no variant beats constant prediction "
+                         f"({best.metric} {best.constant_score:.2f} on these examples) beyond its confidence "
+                         f"interval; the best, {best['size']} {best.variant}, scores {best.value:.2f} "
+                         f"[{best.ci_low:.2f}, {best.ci_high:.2f}]. Train longer or on more data.")
+            continue
+        d = d[d.apply(learned, axis=1)]
         best = d.sort_values(["value", "bytes_zip"], ascending=[False, True]).iloc[0]
         # variants whose score lies inside the best one's confidence interval are as good, as far as we know
         close = d[(d.value >= best.ci_low) & (d.variant + d["size"] != best.variant + best["size"])]

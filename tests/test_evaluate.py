@@ -1,9 +1,12 @@
 """Evaluation sanity on tiny trained models: a separable task scores near 100% and its 90%-pruned copy
 lower; the CSV has a row with a value for every variant; broken ONNX files are named."""
 import csv
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sacrebleu.metrics import BLEU
 
 from conftest import set_params
 from stages import compress, evaluate
@@ -41,6 +44,20 @@ def test_separable_task_scores_high_and_pruning_90_percent_costs_accuracy(in_tra
     assert float(dense["latency_ms"]) > 0 and float(dense["throughput"]) > 0  # the deployment format is timed
     assert rows["s0.90-q2", "accuracy"]["latency_ms"] == ""  # simulated variants run the same dense kernels: not timed
     assert all(r["value"] != "" and r["hardware"] for r in rows.values())
+    # the input-ignoring baseline on the same 30 examples: the most frequent class, the labels' entropy
+    labels = [line.rsplit("\t", 1)[1] for line in Path("data/bin/glue/sst2/dev.tsv").read_text().splitlines()[1:31]]
+    frequencies = [labels.count(c) / len(labels) for c in set(labels)]
+    assert float(dense["constant_score"]) == pytest.approx(100 * max(frequencies), abs=1e-3)
+    assert float(dense_loss["constant_score"]) == pytest.approx(-sum(f * math.log(f) for f in frequencies), abs=1e-3)
+    assert float(dense["ci_low"]) > float(dense["constant_score"])  # this model learned the task
+
+
+def test_f1_and_mcc_score_the_positive_class_whatever_its_output_index():
+    gold = np.array([0, 0, 1, 1, 1])  # outputs in label-dictionary order: here output 0 is label "1"
+    predicted = np.array([0, 1, 1, 1, 1])
+    assert evaluate.f1(gold, predicted, positive=0) == pytest.approx(100 * 2 * 1 / (1 + 2))
+    assert evaluate.f1(gold, predicted) == pytest.approx(100 * 2 * 3 / (4 + 3))
+    assert evaluate.mcc(gold, np.ones_like(gold)) == 0.0  # a constant predictor has no correlation
 
 
 def test_capped_dev_set_is_recorded(in_trained_project):
@@ -59,6 +76,10 @@ def test_translation_variants_get_bleu_with_its_signature(in_trained_project):
     evaluate.main(["mt", "T1"])
     rows = read_rows("reports/eval/mt-T1.csv")
     assert len(rows) == 9 and all(r["metric"] == "bleu" and r["value"] != "" for r in rows)
+    # the best input-ignoring translation: one of the references, output for every source
+    references = Path("data/bin/mt/test.raw.fr").read_text().splitlines()[:12]
+    constant = max(BLEU().corpus_score([c] * 12, [references]).score for c in references)
+    assert {float(r["constant_score"]) for r in rows} == {pytest.approx(constant, abs=1e-3)}
     assert all("nrefs:1" in r["details"] and "tok:13a" in r["details"] for r in rows)
     assert {r["examples"] for r in rows} == {"12"}
 
@@ -101,6 +122,7 @@ def test_translation_model_scores_high_bleu_on_its_own_training_pairs(tiny_proje
     evaluate.main(["mt", "T2"])
     rows = {r["variant"]: r for r in read_rows("reports/eval/mt-T2.csv")}
     assert float(rows["s0.00-fp32"]["value"]) > 60, rows["s0.00-fp32"]
+    assert float(rows["s0.00-fp32"]["ci_low"]) > float(rows["s0.00-fp32"]["constant_score"])
     assert int(rows["s0.00-fp32"]["examples"]) == 40
 
 

@@ -104,3 +104,27 @@ def test_one_contradicting_sweep_refutes_a_claim_about_all_sizes():
     assert combine(["holds", "holds"]) == "holds"
     assert combine(["holds", "does not hold"]) == "inconclusive"
     assert combine([]) == "inconclusive"
+
+
+def test_a_model_no_better_than_constant_prediction_is_neither_shipped_nor_compared():
+    from stages.report import recommendation, verdict_robustness
+
+    def rows(task, size, parameters, values, constant):
+        return [{"task": task, "size": size, "parameters": parameters, "variant": variant, "format": fmt,
+                 "target_sparsity": sparsity, "sparsity": sparsity, "bits": bits, "metric": "accuracy",
+                 "value": value, "ci_low": value - 6, "ci_high": value + 6, "constant_score": constant,
+                 "bytes_zip": 1e6 * (1 - sparsity), "latency_ms": None}
+                for (variant, fmt, sparsity, bits), value in zip(
+                    [("s0.00-fp32", "fairseq fp32", 0.0, 32), ("s0.50-fp32", "fairseq fp32", 0.5, 32)], values)]
+    # rte: both sizes at the majority rate; sst2: S and M learned (M lost less to pruning), L did not
+    table = pd.DataFrame(rows("rte", "S", 1, [54.5, 54.0], 54.0) + rows("rte", "L", 9, [54.0, 54.0], 54.0)
+                         + rows("sst2", "S", 1, [70.0, 50.0], 51.0) + rows("sst2", "M", 4, [72.0, 71.0], 51.0)
+                         + rows("sst2", "L", 9, [51.0, 51.0], 51.0))
+    cfg = type("cfg", (), {"max_bytes": None, "max_latency_ms": None})
+    text = recommendation(table, cfg)
+    assert "**rte**: nothing to ship: no variant beats constant prediction (accuracy 54.00" in text
+    assert "**sst2**: train **M**, ship **s0.00-fp32**" in text and "L s0" not in text  # not L at 51
+    _, verdict, evidence = verdict_robustness(table)
+    assert verdict == "holds"  # M vs S on sst2; L on sst2 and both rte sizes have nothing to lose
+    assert "the larger lost less in 1, more in 0, within the confidence intervals in 0" in evidence
+    assert "left out, no better than constant prediction: rte S, L (constant prediction: 54); sst2 L (" in evidence
