@@ -79,7 +79,7 @@ def test_translation_variants_get_bleu_with_its_signature(in_trained_project):
     # the best input-ignoring translation: one of the references, output for every source
     references = Path("data/bin/mt/test.raw.fr").read_text().splitlines()[:12]
     constant = max(BLEU().corpus_score([c] * 12, [references]).score for c in references)
-    assert {float(r["constant_score"]) for r in rows} == {pytest.approx(constant, abs=1e-3)}
+    assert all(float(r["constant_score"]) == pytest.approx(constant, abs=1e-3) for r in rows)
     assert all("nrefs:1" in r["details"] and "tok:13a" in r["details"] for r in rows)
     assert {r["examples"] for r in rows} == {"12"}
 
