@@ -360,14 +360,15 @@ def recommendation(rows: pd.DataFrame, cfg) -> str:
         if d.empty:
             lines.append(f"- **{task}**: no measured variant meets the limit.")
             continue
-        if not d.apply(learned, axis=1).any():
+        beats_constant = d.apply(learned, axis=1)
+        if not beats_constant.any():
             best = d.sort_values(["value", "bytes_zip"], ascending=[False, True]).iloc[0]
             lines.append(f"- **{task}**: nothing to ship: no variant beats constant prediction "
                          f"({best.metric} {best.constant_score:.2f} on these examples) beyond its confidence "
                          f"interval; the best, {best['size']} {best.variant}, scores {best.value:.2f} "
                          f"[{best.ci_low:.2f}, {best.ci_high:.2f}]. Train longer or on more data.")
             continue
-        d = d[d.apply(learned, axis=1)]
+        d = d[beats_constant]
         best = d.sort_values(["value", "bytes_zip"], ascending=[False, True]).iloc[0]
         # variants whose score lies inside the best one's confidence interval are as good, as far as we know
         close = d[(d.value >= best.ci_low) & (d.variant + d["size"] != best.variant + best["size"])]
