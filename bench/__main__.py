@@ -42,7 +42,7 @@ def parse(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
-    from stages.evaluate import hardware
+    from stages import hardware
     from stages.lib import StageError, load_params, non_embedding_params
     params = load_params()
     unknown = [s for s in args.sizes or [] if s not in params.models.mlm and s not in params.models.mt]
@@ -63,7 +63,7 @@ def main(argv=None):
     results = {
         "command": " ".join(["python -m bench", *argv]),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "hardware": {"cpu": hardware(), "cores": os.cpu_count(), "gpu": gpu(), "python": platform.python_version(),
+        "hardware": {"cpu": hardware.cpu(), "cores": os.cpu_count(), "gpu": gpu(), "python": platform.python_version(),
                      "versions": versions()},
         "settings": {"quick": quick, "children": "forked from a server with the libraries imported (peaks include "
                      "them all)" if quick else "fresh interpreters (spawn)", "mlm_sizes": mlm, "mt_sizes": mt,

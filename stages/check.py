@@ -1,71 +1,127 @@
-"""check: CI's regression gate. Compares reports/metrics.json with the committed reports/baseline.json
-within `check.tolerance` (params.yaml) and exits 1 with a table of what regressed.
+"""check: CI's regression gate. Compares reports/metrics.json with the baseline that params.yaml's
+`check.baseline` names (each profile has its own) and exits 1 with a table of what regressed.
 
-Scores (accuracy, BLEU, ...) regress when they fall by more than their tolerance in points; latency and
-size regress when they grow by more than their tolerance as a fraction. A metric in the baseline that
-is missing now is a regression; a new one is reported, not judged.
+Each metric is judged by the rule that fits what it measures and where it was measured:
+- scores (accuracy, BLEU, ...) and sizes (zipped bytes): **exact** when the run repeats bit for bit, that
+  is every training budget counts updates (profiles/ci.yaml) and the hardware (CPU model and flags, thread
+  counts) is the baseline's; any change is then the code's doing. Otherwise, within `check.tolerance`:
+  a score may fall by that many points, a size grow by that fraction. Wall-clock budgets train as far as
+  the machine's speed allows, and other CPUs run other kernels, so such runs differ without any change.
+- timings (latency): only on the baseline's hardware, where they may grow by their tolerance (a
+  fraction); on other hardware they are reported as not comparable, neither passed nor failed.
+A metric in the baseline that is missing now is a regression; a new one is reported, not judged.
+The baseline records the hardware and whether its run was deterministic; the run's hardware is read
+from reports/variants.csv (evaluation records it in every row).
 
-Usage: python -m stages.check            compare
+Usage: python -m stages.check [--md]     compare (--md: a markdown table, e.g. for a pull-request comment)
        python -m stages.check --update   make the current metrics the baseline
 """
+import csv
 import json
-import shutil
 import sys
 from pathlib import Path
 
-from stages.lib import StageError, load_params, run_stage
+from stages.lib import StageError, load_params, run_stage, write_json
 
 METRICS = Path("reports/metrics.json")
-BASELINE = Path("reports/baseline.json")
-RELATIVE = ("latency_ms", "bytes_zip")  # lower is better, compared as fractions
+VARIANTS = Path("reports/variants.csv")
+TIMINGS = ("latency_ms",)   # lower is better, compared as fractions, only on the same hardware
+SIZES = ("bytes_zip",)      # lower is better, compared as fractions where not exact
+FAILING = ("REGRESSED", "CHANGED")
+HEADER = ("metric", "baseline", "current", "rule", "status")
 
 
 def main(argv):
     params = load_params()
-    if argv not in ([], ["--update"]):
-        raise StageError("usage: python -m stages.check [--update]")
+    if argv not in ([], ["--md"], ["--update"]):
+        raise StageError("usage: python -m stages.check [--md | --update]")
+    baseline_path = Path(params.check.baseline)
     if not METRICS.exists():
         raise StageError(f"{METRICS}: missing (run `dvc repro` first)")
+    run = {"hardware": run_hardware(), "deterministic": deterministic(params), "metrics": read(METRICS)}
     if argv == ["--update"]:
-        shutil.copy(METRICS, BASELINE)
-        print(f"{BASELINE} now holds the metrics of {METRICS}; commit it")
+        write_json(baseline_path, run)
+        print(f"{baseline_path} now holds the metrics of {METRICS} and the hardware they were measured on; commit it")
         return
-    if not BASELINE.exists():
-        raise StageError(f"{BASELINE}: no baseline (create one with `python -m stages.check --update`)")
-    current, baseline = flatten(read(METRICS)), flatten(read(BASELINE))
-    rows, regressed = [], 0
-    for key in sorted(baseline.keys() | current.keys()):
-        name = key.rsplit("/", 1)[-1]
-        tolerance = next((t for prefix, t in params.check.tolerance.items() if name.startswith(prefix)), None)
-        old, new = baseline.get(key), current.get(key)
-        if new is None:
-            status = "REGRESSED (missing)"
-        elif old is None:
-            status = "new"
-        elif tolerance is None:
-            status = "not checked (no tolerance)"
-        elif name.startswith(RELATIVE):
-            status = "REGRESSED" if new > old * (1 + tolerance) else "ok"
-        else:
-            status = "REGRESSED" if new < old - tolerance else "ok"
-        regressed += status.startswith("REGRESSED")
-        rows.append((key, fmt(old), fmt(new), fmt(tolerance), status))
-    widths = [max(len(r[i]) for r in rows + [HEADER]) for i in range(len(HEADER))]
-    for row in [HEADER] + rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
-    print(f"\n{regressed} of {len(rows)} metrics regressed against {BASELINE}")
-    if regressed:
+    if not baseline_path.exists():
+        raise StageError(f"{baseline_path}: no baseline (create one with `python -m stages.check --update`)")
+    baseline = read(baseline_path)
+    rows, failed = compare(baseline, run, params.check.tolerance)
+    print(markdown(rows) if argv == ["--md"] else text_table(rows))
+    same = "the same hardware" if baseline.get("hardware") == run["hardware"] else "other hardware"
+    print(f"\n{failed} of {len(rows)} metrics regressed or changed against {baseline_path}; "
+          f"measured on {same}: {describe(run['hardware'])}; baseline: {describe(baseline.get('hardware'))}")
+    if failed:
         sys.exit(1)
 
 
-HEADER = ("metric", "baseline", "current", "tolerance", "status")
+def compare(baseline: dict, run: dict, tolerances: dict) -> tuple[list, int]:
+    """[(metric, baseline, current, rule, status)] for every metric of either, and how many failed."""
+    same_hardware = baseline.get("hardware") is not None and baseline["hardware"] == run["hardware"]
+    exact = same_hardware and baseline.get("deterministic") and run["deterministic"]
+    old_metrics, new_metrics = flatten(baseline["metrics"]), flatten(run["metrics"])
+    rows, failed = [], 0
+    for key in sorted(old_metrics.keys() | new_metrics.keys()):
+        name = key.rsplit("/", 1)[-1]
+        tolerance = next((t for prefix, t in tolerances.items() if name.startswith(prefix)), None)
+        old, new = old_metrics.get(key), new_metrics.get(key)
+        rule, status = judge(name, old, new, tolerance, exact, same_hardware)
+        failed += status.startswith(FAILING)
+        rows.append((key, fmt(old), fmt(new), rule, status))
+    return rows, failed
+
+
+def judge(name: str, old, new, tolerance, exact: bool, same_hardware: bool) -> tuple[str, str]:
+    """(the rule applied, its verdict); a verdict that starts with one of FAILING fails the check."""
+    if new is None:
+        return "present", "REGRESSED (missing)"
+    if old is None:
+        return "-", "new"
+    if name.startswith(TIMINGS):
+        if not same_hardware:
+            return "timing, other hardware", "not comparable"
+        if tolerance is None:
+            return "no tolerance", "not checked"
+        return f"at most +{tolerance:.0%}", "REGRESSED" if new > old * (1 + tolerance) else "ok"
+    if exact:
+        return "exact", "ok" if new == old else "CHANGED"
+    if tolerance is None:
+        return "no tolerance", "not checked"
+    if name.startswith(SIZES):
+        return f"at most +{tolerance:.0%}", "REGRESSED" if new > old * (1 + tolerance) else "ok"
+    return f"at most -{tolerance:g} points", "REGRESSED" if new < old - tolerance else "ok"
+
+
+def deterministic(params) -> bool:
+    """Whether the run repeats bit for bit: no training budget (or recovery) counts seconds, and the CPU
+    thread count is fixed (torch's default follows the machine's cores)."""
+    budgets = [params.pretrain.budget, params.finetune.budget, params.train_mt.budget, params.compress.recovery]
+    return all(b.seconds is None for b in budgets) and params.training.threads is not None
+
+
+def run_hardware() -> dict | None:
+    """The CPUs and thread counts that evaluated the variants (None before any evaluation)."""
+    if not VARIANTS.exists():
+        return None
+    with open(VARIANTS) as f:
+        rows = list(csv.DictReader(f))
+    return {"cpu": sorted({r["hardware"] for r in rows}), "threads": sorted({r["threads"] for r in rows})}
+
+
+def describe(hardware: dict | None) -> str:
+    if not hardware:
+        return "not recorded"
+    return f"{', '.join(hardware['cpu'])}, {', '.join(hardware['threads'])} threads"
 
 
 def read(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise StageError(f"{path}: not valid JSON: {e}")
+    if path != METRICS and "metrics" not in data:  # a baseline of the metrics alone: hardware unknown
+        data = {"hardware": None, "deterministic": False, "metrics": data}
+    return data
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -79,7 +135,17 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def fmt(value) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    return "-" if value is None else f"{value:.6g}"
+
+
+def text_table(rows) -> str:
+    widths = [max(len(r[i]) for r in rows + [HEADER]) for i in range(len(HEADER))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [HEADER] + rows)
+
+
+def markdown(rows) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Usage: python -m stages.evaluate glue SIZE TASK
 """
 import csv
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages import hardware
 from stages.compress import VARIANT_FILE, class_labels, load_variant, model_arg
 from stages.lib import StageError, allow_checkpoint_globals, load_params, log, read_lines, run_stage
 
@@ -69,7 +69,7 @@ def main(argv):
                     "bits_per_weight": round(8 * described["bytes"] / described["parameters"], 3),
                     "metric": metric, "value": round(value, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
                     "constant_score": "" if constant is None else round(constant, 4),
-                    **(timing or {}), "threads": cfg.threads, "hardware": hardware(), "details": details})
+                    **(timing or {}), "threads": cfg.threads, "hardware": hardware.cpu(), "details": details})
             log(f"evaluate {name}: [{i}/{len(variants)}] {variant.name}: "
                 + ", ".join(f"{r[2]} {r[3]:.2f}" for r in results)
                 + (f", {timing['latency_ms']} ms at batch 1" if timing else "") + f" ({time.time() - started:.1f} s)")
@@ -82,13 +82,6 @@ def main(argv):
         writer.writeheader()
         writer.writerows(rows)
     log(f"wrote {out} ({len(rows)} rows)")
-
-
-def hardware() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def bootstrap(metric, gold, predicted, resamples: int, seed: int = 0):

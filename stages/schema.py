@@ -235,7 +235,8 @@ class Report(Strict):
 
 
 class Check(Strict):
-    # allowed drop of each headline metric against reports/baseline.json, by metric name prefix
+    baseline: str = Field(pattern=r"\.json$")  # the committed baseline of this profile's metrics
+    # allowed change of each metric where it is not compared exactly (stages/check.py), by name prefix
     tolerance: dict[str, float] = Field(min_length=1)
 
 
