@@ -108,8 +108,8 @@ def evaluate_cfg(overrides: dict):
 def glue_format(variant: str, task: str, fmt: str, overrides: dict) -> dict:
     from stages.compress import VARIANT_FILE
     from stages.evaluate import GlueEval
-    _, cfg = evaluate_cfg(overrides)
-    evaluator, variant = GlueEval(cfg, task), Path(variant)
+    params, cfg = evaluate_cfg(overrides)
+    evaluator, variant = GlueEval(cfg, task, params.datasets[task].metrics), Path(variant)
     if fmt == "pytorch_fp32":
         results, timing = evaluator.fairseq(variant, json.loads((variant / VARIANT_FILE).read_text()))
     else:

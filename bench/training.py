@@ -162,8 +162,12 @@ class Clock:
         result = {"tokens_per_s": round(tokens_per_s, 1), "updates_timed": len(rates),
                   "tokens_per_update": statistics.median(self.tokens[warmup:]),
                   "tokens_per_s_mean": round(sum(self.tokens[warmup:]) / (self.ends[-1] - self.ends[warmup - 1]), 1),
-                  "model_gflops_per_s": round(flops_per_s / 1e9, 2), "mfu": None, "matmul_peak_tflops": None}
+                  "model_gflops_per_s": round(flops_per_s / 1e9, 2), "mfu": None, "matmul_peak_tflops": None,
+                  "peak_gpu_mb": None}
         if self.cuda:
+            import torch
+            # read before the matmul peak's own tensors count; each loop is its own process, so the peak is its own
+            result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
             peak = matmul_peak(params.training.precision)
             result.update(mfu=round(flops_per_s / peak, 4), matmul_peak_tflops=round(peak / 1e12, 1))
         return result

@@ -151,10 +151,10 @@ def recover(params, name: str, size_name: str, task: str, pruned_checkpoint: dic
                                  on_model=lambda model: hold_mask(model, masks, label))
         export_checkpoint(run / "checkpoint_best.pt", done)
         write_json(run / "last.json", last)
+    model = load_checkpoint(done)["model"]  # from the work dir, so a refused file is named where it stays
     out.mkdir(parents=True)
     shutil.copy(done, out / "checkpoint.pt")
     shutil.copy(run / "final_curve.csv", out / "curve.csv")
-    model = load_checkpoint(out / "checkpoint.pt")["model"]
     leaked = [k for k, m in masks.items() if bool((model[k][~m] != 0).any())]
     if leaked:
         raise StageError(f"{label}: pruned weights moved during recovery in {leaked[:3]}")
@@ -272,7 +272,7 @@ def load_variant(variant: Path) -> dict:
     if described["format"].startswith("ONNX"):
         raise StageError(f"{variant}: an ONNX variant; load it with optimum.onnxruntime")
     checkpoint = load_checkpoint(Path(described["source"]))
-    stored = torch.load(variant / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    stored = load_checkpoint(variant / WEIGHTS_FILE)
     checkpoint["model"].update({k: dequantize(v) if isinstance(v, dict) else v for k, v in stored.items()})
     return checkpoint
 
@@ -294,7 +294,9 @@ def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common:
             export_onnx_translator(Path(hf_dir), fp32, int8)
         else:
             from stages.hf_roberta import export_onnx_classifier, save_transformers_classifier
-            save_transformers_classifier(checkpoint, Path("data/bin/mlm/spm.model"), class_labels(task), Path(hf_dir))
+            meta = json.loads((Path("data/bin/glue") / task / "meta.json").read_text())
+            labels = "regression" if meta["regression"] else class_labels(task)  # a regression task has no classes
+            save_transformers_classifier(checkpoint, Path("data/bin/mlm/spm.model"), labels, Path(hf_dir))
             export_onnx_classifier(Path(hf_dir), fp32, int8)
     for directory, bits, fmt in ((fp32, 32, "ONNX fp32"), (int8, 8, "ONNX int8")):
         onnx_files = sorted(directory.glob("*.onnx"))

@@ -1,11 +1,12 @@
 """evaluate: every variant of one compressed model, measured the same way, in one process.
 
-GLUE: the task's metric (accuracy; MCC for CoLA, F1 for MRPC/QQP, Pearson for STS-B) on each dev
-split, with a 95% bootstrap confidence interval. Translation: sacrebleu BLEU (signature recorded) on
-the detokenized test set with beam search. Each row also carries `constant_score`: the best score
-of a predictor that ignores its input (always the same class; for the loss, the dev label
-frequencies; for BLEU, the same sentence for every source) on the same examples, so a model at that
-level is seen to have learned nothing. fairseq variants run in PyTorch, ONNX variants in ONNX
+GLUE: the metrics the task's catalog entry declares (`datasets.<task>.metrics`: accuracy, F1, MCC;
+Pearson, Spearman for regression), in that order, on each dev split, with a 95% bootstrap confidence
+interval; a classifier also gets accuracy and the dev loss. Translation: sacrebleu BLEU (signature
+recorded) on the detokenized test set with beam search. Each row also carries `constant_score`: the
+best score of a predictor that ignores its input (always the same class; for the loss, the dev label
+frequencies; for BLEU, the same sentence for every source; 0 for a correlation) on the same examples,
+so a model at that level is seen to have learned nothing. fairseq variants run in PyTorch, ONNX variants in ONNX
 Runtime on raw text, never by reloading PyTorch weights. Size columns come from variant.json. Speed
 (batch-1 latency, throughput at `evaluate.batch_size`, median of `evaluate.repeats` runs after a
 warm-up, `evaluate.threads` threads) is measured for the deployment formats: PyTorch fp32 of the dense
@@ -25,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from stages import hardware
 from stages.compress import VARIANT_FILE, class_labels, load_variant, model_arg
+from stages.glue import regression_target
 from stages.lib import StageError, allow_checkpoint_globals, load_params, log, read_lines, run_stage
 
 FIELDS = ["model", "task", "size", "layers", "hidden", "variant", "format", "target_sparsity", "sparsity", "bits",
@@ -35,7 +38,6 @@ FIELDS = ["model", "task", "size", "layers", "hidden", "variant", "format", "tar
           "metric", "value", "ci_low", "ci_high", "constant_score", "latency_ms", "throughput", "throughput_unit",
           "threads", "hardware", "details"]
 CONSTANT_CANDIDATES = 100  # translation's constant baseline: sentences tried (each costs one corpus BLEU)
-TASK_METRIC = {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "stsb": "pearson"}  # GLUE's own; accuracy otherwise
 
 
 def main(argv):
@@ -52,7 +54,8 @@ def main(argv):
     # sentence); flushing them to zero changes no prediction and is what inference runtimes do
     torch.set_flush_denormal(True)
     try:
-        evaluator = TranslationEval(cfg, params.data.translation) if task == "translation" else GlueEval(cfg, task)
+        evaluator = TranslationEval(cfg, params.data.translation) if task == "translation" else \
+            GlueEval(cfg, task, params.datasets[task].metrics)
         rows = []
         for i, variant in enumerate(variants, 1):
             described = json.loads((variant / VARIANT_FILE).read_text())
@@ -97,7 +100,7 @@ def accuracy(gold, predicted):
     return 100.0 * float(np.mean(gold == predicted))
 
 
-def f1(gold, predicted, positive: int = 1):  # of the positive class (label "1"), as GLUE scores MRPC and QQP
+def f1(gold, predicted, positive: int = 1):  # of the positive class, as GLUE scores MRPC and QQP
     tp = np.sum((predicted == positive) & (gold == positive))
     return 100.0 * 2 * tp / max(np.sum(predicted == positive) + np.sum(gold == positive), 1)
 
@@ -120,6 +123,13 @@ CLASSIFICATION_METRICS = {"accuracy": accuracy, "f1": f1, "mcc": mcc}
 
 def pearson(gold, predicted):
     return 100.0 * float(np.corrcoef(gold, predicted)[0, 1]) if np.std(gold) and np.std(predicted) else 0.0
+
+
+def spearman(gold, predicted):  # Pearson's r of the ranks; tied values share their mean rank
+    return pearson(rankdata(gold), rankdata(predicted))
+
+
+REGRESSION_METRICS = {"pearson": pearson, "spearman": spearman}
 
 
 def by_length(run, items: list, length, batch_size: int) -> list:
@@ -157,18 +167,22 @@ def speed(run, items: list, cfg, unit: str) -> dict:
 
 
 class GlueEval:
-    def __init__(self, cfg, task: str):
+    def __init__(self, cfg, task: str, metrics: list[str]):
         self.cfg, self.task = cfg, task
         self.data = Path("data/bin/glue") / task
         self.meta = json.loads((self.data / "meta.json").read_text())
-        self.metric = TASK_METRIC.get(task, "accuracy")
         self.model = self.fairseq_task = None
-        # the classifier's output order is fairseq's label dictionary (by frequency), so label "1",
-        # F1's positive class, need not be output 1
-        self.classes = [] if self.meta["regression"] else class_labels(task)
         self.constants = {}
-        self.metrics = {**CLASSIFICATION_METRICS,
-                        "f1": lambda g, p: f1(g, p, self.classes.index("1") if "1" in self.classes else 1)}
+        if self.meta["regression"]:
+            self.classes, self.metrics = [], {m: REGRESSION_METRICS[m] for m in metrics}
+            return
+        # the classifier's output order is fairseq's label dictionary (by frequency), so F1's positive
+        # class, the task's second label, need not be output 1
+        self.classes = class_labels(task)
+        positive = self.classes.index(self.meta["labels"][1])
+        scorers = {**CLASSIFICATION_METRICS, "f1": lambda g, p: f1(g, p, positive)}
+        # accuracy too, comparable across tasks, where the catalog names another metric
+        self.metrics = {m: scorers[m] for m in dict.fromkeys([*metrics, "accuracy"])}
 
     def splits(self):
         """(fairseq split, our split name, raw rows) of every dev split, capped."""
@@ -179,17 +193,17 @@ class GlueEval:
             yield fairseq_split, split, rows[: self.cfg.max_dev_examples or len(rows)]
 
     def score(self, gold, logits):
-        """(metric, value, low, high): the task's metric, accuracy, and the dev cross-entropy, which
-        moves before accuracy does on small dev sets."""
+        """(metric, value, low, high): the task's metrics and, for a classifier, the dev cross-entropy,
+        which moves before accuracy does on small dev sets."""
         if self.meta["regression"]:
-            return [("pearson", *bootstrap(pearson, gold, logits[:, 0], self.cfg.bootstrap))]
-        scores = [(m, *bootstrap(lambda g, x, m=m: self.metrics[m](g, x.argmax(-1)), gold, logits,
-                                 self.cfg.bootstrap)) for m in dict.fromkeys([self.metric, "accuracy"])]
+            return [(m, *bootstrap(score, gold, logits[:, 0], self.cfg.bootstrap)) for m, score in self.metrics.items()]
+        scores = [(m, *bootstrap(lambda g, x, score=score: score(g, x.argmax(-1)), gold, logits, self.cfg.bootstrap))
+                  for m, score in self.metrics.items()]
         return scores + [("loss", *bootstrap(cross_entropy, gold, logits, self.cfg.bootstrap))]
 
     def constant_score(self, split: str, metric: str):
         """The best `metric` of an input-ignoring predictor on `split`'s evaluated examples: the best single
-        class (accuracy, F1, MCC), the dev label frequencies (loss: their entropy), 0 for Pearson."""
+        class (accuracy, F1, MCC), the dev label frequencies (loss: their entropy), 0 for a correlation."""
         if self.meta["regression"]:
             return 0.0
         if (split, metric) not in self.constants:  # the same for every variant: computed once
@@ -222,7 +236,8 @@ class GlueEval:
                 logits = torch.stack(by_length(
                     lambda batch: self.classify(dataset.collater(batch)["net_input"]["src_tokens"]),
                     samples, lambda sample: len(sample["net_input.src_tokens"]), self.cfg.batch_size))
-            gold = torch.cat([sample["target"].view(-1) for sample in samples])
+            # a class index, or for regression fairseq's list of (scaled) targets
+            gold = torch.cat([torch.as_tensor(sample["target"]).view(-1) for sample in samples])
             for metric, value, low, high in self.score(gold.numpy(), logits.numpy()):
                 results.append((split, len(rows), metric, value, low, high, ""))
         measured = None
@@ -260,8 +275,8 @@ class GlueEval:
             texts = [tuple(r[c] for c in columns) for r in rows]
             logits = np.stack(by_length(lambda batch: np.asarray(run(batch)), texts,
                                         lambda text: sum(map(len, text)), self.cfg.batch_size))
-            gold = np.array([float(r["label"]) / 5.0 for r in rows] if self.meta["regression"] else
-                            [label_id[r["label"]] for r in rows])
+            gold = np.array([regression_target(r["label"], self.meta["label_range"]) for r in rows]
+                            if self.meta["regression"] else [label_id[r["label"]] for r in rows])
             for metric, value, low, high in self.score(gold, logits):
                 results.append((split, len(rows), metric, value, low, high, ""))
         return results, speed(run, texts, self.cfg, "sentences/s")

@@ -13,7 +13,6 @@ Usage: python -m stages.fetch DATASET
 """
 import gzip
 import http.client
-import io
 import itertools
 import os
 import re
@@ -23,7 +22,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from stages.lib import DataError, StageError, atomic_dir, dataset_arg, file_digest, load_params, log, run_stage, write_json
+from stages.glue import glue_rows, normalized_fields
+from stages.lib import (DataError, StageError, atomic_dir, dataset_arg, file_digest, load_params, log, partial_file,
+                        run_stage, write_json, writing_scratch)
 
 RAW_DIR = Path("data/raw")
 DOWNLOAD_DIR = Path("data/downloads")
@@ -36,7 +37,8 @@ def main(argv):
         counts = {"corpus": write_corpus, "glue": write_glue, "parallel": write_parallel}[spec.kind](spec, paths, out)
         write_json(out / "meta.json", {
             "dataset": name, "kind": spec.kind, "rows": counts,
-            "labels": spec.labels, "pair": bool(spec.columns and "sentence2" in spec.columns),
+            "labels": spec.labels, "label_range": spec.label_range,
+            "pair": bool(spec.columns and "sentence2" in spec.columns),
             "languages": spec.languages,
             "files": {f: {"url": s.url, "sha256": s.sha256, "md5": s.md5} for f, s in spec.files.items()},
         })
@@ -82,12 +84,13 @@ def verify(path: Path, fspec, what: str) -> None:
 
 
 def download(dataset, fname, url, dest: Path) -> None:
-    """Stream `url` to `dest`; an interrupted or failed download leaves no file behind."""
+    """Stream `url` to `dest`; a failed download leaves no file behind, a killed one its .part, which the
+    next stage run removes (lib.sweep_scratch)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = partial_file(dest)
     done = total = 0
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f, writing_scratch(part):
             total = int(response.headers.get("Content-Length") or 0)
             next_report = 0.0
             while chunk := response.read(1 << 20):
@@ -123,9 +126,8 @@ def read_source(source, paths, lang=None):
     name = member or fname
     if name.endswith(".gz"):
         stream = gzip.open(stream)
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="\n")  # -sig: MRPC starts with a BOM
     try:
-        lines = (line.rstrip("\r\n") for line in text)
+        lines = utf8_lines(stream, where)
         if source.cleanup == "fastai_csv":
             lines = undo_fastai_csv(lines)
         numbered = enumerate(lines, start=1)
@@ -133,12 +135,23 @@ def read_source(source, paths, lang=None):
             numbered = sgm_segments(numbered)
         for number, line in numbered:
             yield where, number, line
-    except UnicodeDecodeError as e:
-        raise DataError(where, f"not UTF-8 text: {e}")
     except (OSError, EOFError) as e:  # truncated gzip and the like
         raise DataError(where, f"cannot read: {e}")
     finally:
-        text.close()
+        stream.close()
+
+
+def utf8_lines(stream, where):
+    """The lines of a binary stream as text, without line ends. Each line is decoded on its own so that a
+    byte that is not UTF-8 is reported by line and column (a decoder over the whole stream knows only its
+    offset in a chunk)."""
+    for number, raw in enumerate(stream, start=1):
+        try:  # -sig: MRPC starts with a byte-order mark
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            column = len(raw[:e.start].decode("utf-8", errors="replace")) + 1
+            raise DataError(where, f"not UTF-8 text: byte {raw[e.start]:#04x} at column {column} ({e.reason})",
+                            number)
 
 
 def member_name(source, lang):
@@ -200,55 +213,21 @@ def write_corpus(spec, paths, out):
 
 
 def write_glue(spec, paths, out):
-    fields = ["sentence1", "sentence2", "label"] if "sentence2" in spec.columns else ["sentence1", "label"]
+    fields = normalized_fields("sentence2" in spec.columns)
     counts = {}
     for split, sources in spec.splits.items():
         n = 0
         with open(out / f"{split}.tsv", "w") as f:
             f.write("\t".join(fields) + "\n")
             for source in sources:
-                for row in glue_rows(spec, read_source(source, paths)):
+                lines = read_source(source, paths)
+                for row in glue_rows(lines, spec.columns, spec.header, spec.labels, spec.label_range):
                     f.write("\t".join(row[k] for k in fields) + "\n")
                     n += 1
         if n == 0:
             raise DataError(where_of(sources, paths), f"split '{split}' has no data rows")
         counts[split] = n
     return counts
-
-
-def glue_rows(spec, lines):
-    """Parse one GLUE TSV into {sentence1, sentence2, label} dicts, checking every row."""
-    index, width = None, None
-    if not spec.header:
-        index = dict(spec.columns)
-    for where, number, line in lines:
-        cells = line.split("\t")
-        if index is None:  # the header row
-            missing = [c for c in spec.columns.values() if c not in cells]
-            if missing:
-                raise DataError(where, f"header has no column {missing}; it has {cells}", number)
-            index = {k: cells.index(c) for k, c in spec.columns.items()}
-            width = len(cells)
-            continue
-        if not line.strip():
-            continue
-        if (width is not None and len(cells) != width) or len(cells) <= max(index.values()):
-            expected = width if width is not None else f"at least {max(index.values()) + 1}"
-            raise DataError(where, f"malformed row: expected {expected} tab-separated fields, found {len(cells)}",
-                            number)
-        row = {k: cells[i].strip() for k, i in index.items()}
-        check_label(spec.labels, row["label"], where, number)
-        yield row
-
-
-def check_label(labels, label, where, number):
-    if labels == "regression":
-        try:
-            float(label)
-        except ValueError:
-            raise DataError(where, f"label '{label}' is not a number (regression task)", number)
-    elif label not in labels:
-        raise DataError(where, f"label '{label}' is not one of the task's labels {labels}", number)
 
 
 def write_parallel(spec, paths, out):

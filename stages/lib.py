@@ -4,10 +4,13 @@ import argparse
 import math
 import contextlib
 import csv
+import fcntl
 import hashlib
 import importlib
 import json
 import os
+import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -41,8 +44,10 @@ def log(message: str) -> None:
 
 
 def run_stage(main) -> None:
-    """Entry point of every stage: user errors become one clear line and exit code 2."""
+    """Entry point of every stage: sweeps the scratch of killed runs, then runs `main`; user errors become
+    one clear line and exit code 2."""
     try:
+        sweep_scratch()
         main(sys.argv[1:])
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -117,18 +122,81 @@ def file_digest(path: Path, algorithm: str) -> str:
 @contextlib.contextmanager
 def atomic_dir(final: Path):
     """Yield a scratch directory that replaces `final` only if the block succeeds, so a failed or
-    interrupted stage never leaves a half-written output behind."""
+    interrupted stage never leaves a half-written output behind (a killed one leaves the scratch, which
+    the next stage run removes: sweep_scratch)."""
     final = Path(final)
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    with writing_scratch(tmp):
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+
+
+def partial_file(dest: Path) -> Path:
+    """Where a download to `dest` is written until it is complete."""
+    return dest.with_name(dest.name + ".part")
+
+
+# Scratch: atomic_dir's .<output>.tmp directories and downloads' .part files, under these directories.
+SCRATCH_ROOTS = ("data", "models/compressed")
+SCRATCH_PATTERNS = (".*.tmp", "*.part")
+_scratch_locks: set[int] = set()  # descriptors of the scratch this process writes, each flock-ed
+
+
+def _drop_scratch_locks_in_child() -> None:
+    """A forked child (fairseq-preprocess's workers, data loaders) shares its parent's locks; closing its
+    copies lets a lock die with the parent, even when a kill -9 leaves the child running a while."""
+    for fd in _scratch_locks:
+        os.close(fd)
+    _scratch_locks.clear()
+
+
+os.register_at_fork(after_in_child=_drop_scratch_locks_in_child)
+
+
+@contextlib.contextmanager
+def writing_scratch(path: Path):
+    """Lock the scratch file or directory `path` for the block: sweep_scratch leaves it alone. The kernel
+    drops the lock when this process dies, kill -9 included."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _scratch_locks.add(fd)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+        yield path
+    finally:
+        if fd in _scratch_locks:  # a forked child closed it already
+            _scratch_locks.discard(fd)
+            os.close(fd)
+
+
+def sweep_scratch() -> None:
+    """Remove the scratch that killed runs left behind. A kill -9 skips every cleanup, and when DVC then
+    restores the killed stage from its run-cache, that stage never runs again to replace its own scratch;
+    so every stage sweeps at its start. Scratch a live process still writes is locked, and kept."""
+    found = sorted({p for root in SCRATCH_ROOTS for pattern in SCRATCH_PATTERNS for p in Path(root).rglob(pattern)})
+    for path in found:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # inside scratch removed just before
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a running stage writes it
+        else:
+            log(f"removing {path}, left by an interrupted run")
+            if path.is_dir():  # ignore_errors, missing_ok: torchrun's ranks sweep at the same time
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def write_json(path: Path, obj) -> None:
@@ -140,19 +208,21 @@ def write_json(path: Path, obj) -> None:
 def run_fairseq(tool: str, args: list) -> None:
     """Run `fairseq-<tool>` (preprocess, train, ...) in this process with the given CLI args.
 
-    torch >= 2.6 unpickles checkpoints with weights_only=True, which refuses what fairseq stores in
-    them besides tensors; allowlist exactly those classes rather than turning the safe loader off."""
-    allow_checkpoint_globals()
+    fairseq calls torch.load without weights_only, which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns into
+    a full unpickler that runs whatever a checkpoint's pickle calls: while fairseq runs, torch.load is
+    weights_only_load (--finetune-from-model, resuming from checkpoint_last.pt, rank 0's broadcast)."""
+    import torch
     module = importlib.import_module(f"fairseq_cli.{tool}")
-    saved_argv = sys.argv
+    saved_argv, saved_load = sys.argv, torch.load
     sys.argv = [f"fairseq-{tool}", *map(str, args)]
+    torch.load = weights_only_load
     try:
         module.cli_main()
     except SystemExit as e:  # fairseq's argparse exits on bad flags
         if e.code not in (0, None):
             raise StageError(f"fairseq-{tool} failed (exit {e.code}); args: {' '.join(sys.argv[1:])}")
     finally:
-        sys.argv = saved_argv
+        sys.argv, torch.load = saved_argv, saved_load
 
 
 # ---------------------------------------------------------------- text preparation
@@ -317,6 +387,9 @@ def schedule_flags(opt) -> list:
             "--max-valid-steps", opt.valid_batches - 1,  # fairseq stops after index max_valid_steps
             "--validate-interval", 1_000_000, "--save-interval", 1_000_000,  # points on the update grid only
             "--keep-interval-updates", 1, "--no-epoch-checkpoints", "--log-format", "simple",
+            # batches load in the training process: fairseq's worker processes would hold each run's exit
+            # for seconds, and on a few cores they only compete with training for them
+            "--num-workers", 0,
             "--log-interval", max(1, opt.validate_every // 2)]
 
 
@@ -362,9 +435,15 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
              "new_tokens": 0, "new_flops": 0.0, "loss_sum": 0.0, "loss_n": 0}
 
     def train_step(self, samples, raise_oom=False):
-        if on_model is not None and not state.get("model_seen"):
-            on_model(self.get_model())
-            state["model_seen"] = True
+        if not state.get("started"):  # this process's first update
+            state["started"] = True
+            if self.get_num_updates() > 0:
+                # resumed: fairseq's clock has run since it loaded the checkpoint, but this process's
+                # start-up is not training (the killed run counted its own), and a late kill would
+                # spend the rest of the budget on it before the first update could check the budget
+                self._start_time = time.time()
+            if on_model is not None:
+                on_model(self.get_model())
         try:  # raise_oom: a batch that does not fit fails the run instead of being skipped silently
             out = original_train_step(self, samples, raise_oom=True)
         except Exception as e:
@@ -513,6 +592,8 @@ def repair_checkpoints(work: Path, label: str) -> None:
         try:
             load_checkpoint(path, mmap=True)
             return True
+        except UnsafeCheckpoint:  # not truncated: neither resumed from nor dropped silently
+            raise
         except Exception:
             return False
 
@@ -547,11 +628,34 @@ def allow_checkpoint_globals() -> None:
         *(type(np.dtype(t)) for t in (np.int64, np.int32, np.float64, np.float32, np.bool_))])
 
 
-def load_checkpoint(path: Path, mmap: bool = False) -> dict:
-    """torch.load of a fairseq checkpoint with the safe (weights-only) loader."""
+class UnsafeCheckpoint(DataError):
+    """A checkpoint that holds more than tensors and the types of fairseq checkpoints: unpickling it could
+    run arbitrary code."""
+
+
+def weights_only_load(f, map_location=None, *, weights_only=None, **kwargs):
+    """torch.load with torch's weights-only unpickler and allow_checkpoint_globals' allowlist, whatever
+    the caller asks and whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says (torch lets that variable override
+    only a load that leaves weights_only unset). A refused file is an UnsafeCheckpoint that names it and
+    what it holds, not torch's advice to load it unsafely."""
     import torch
     allow_checkpoint_globals()
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    try:  # torch.serialization.load, not torch.load: run_fairseq points torch.load here
+        return torch.serialization.load(f, map_location, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as e:
+        reason = str(e.__context__ or e)  # the unpickler's own words, before torch wraps them in its advice
+        found = re.search(r"GLOBAL (\S+)", reason)
+        what = f"its pickle calls or builds {found.group(1)}" if found else reason.split(". ")[0]
+        # fairseq passes an open file, and its broadcast between ranks a buffer
+        name = f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", "a checkpoint sent by another rank")
+        raise UnsafeCheckpoint(name, f"refused to load: {what}, which is neither a tensor nor part of a fairseq "
+                               "checkpoint, so loading it could run arbitrary code. Replace it with a checkpoint "
+                               "this pipeline wrote (run the stage that writes it again).") from None
+
+
+def load_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """A fairseq checkpoint (or any file of tensors), loaded on the CPU by weights_only_load."""
+    return weights_only_load(path, map_location="cpu", mmap=mmap)
 
 
 def export_checkpoint(source: Path, dest: Path) -> int:

@@ -2,8 +2,11 @@
 
 Encodes with the pretraining sentencepiece model and dictionary (data/bin/mlm/), then writes
 data/bin/glue/<task>/: input0/ (and input1/ for sentence pairs) and label/ as fairseq-preprocess
-outputs, the normalized dev TSVs kept as raw text for evaluation, and meta.json. The first dev split
-is fairseq's `valid`, the next `valid1` (MNLI: matched, then mismatched).
+outputs, the normalized dev TSVs kept as raw text for evaluation, and meta.json (with each split's
+rate of <unk> pieces, and a warning above UNK_WARNING). The first dev split is fairseq's `valid`, the
+next `valid1` (MNLI: matched, then mismatched).
+
+data/raw/<task>/ is read with fetch's row checks again (stages/glue.py): it may have been edited by hand.
 
 Usage: python -m stages.prepare_glue TASK
 """
@@ -14,10 +17,14 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from stages.glue import glue_rows, normalized_fields, regression_target
 from stages.lib import (atomic_dir, cap, dataset_arg, encode_pieces, fairseq_preprocess, load_params, log,
                         read_lines, run_stage, write_json)
 
 MLM = Path("data/bin/mlm")
+# a larger share of pieces the tokenizer cannot represent means text unlike the pretraining corpus
+# (another language, another script); the model sees those words as <unk>
+UNK_WARNING = 0.005
 
 
 def main(argv):
@@ -27,11 +34,18 @@ def main(argv):
     raw = Path("data/raw") / task
     meta = json.loads((raw / "meta.json").read_text())
     dev_splits = [s for s in meta["rows"] if s != "train"]
-    rows = {"train": cap(read_tsv(raw / "train.tsv"), cfg.max_train_examples)}
-    rows |= {s: cap(read_tsv(raw / f"{s}.tsv"), cfg.max_dev_examples) for s in dev_splits}
-    inputs = ["sentence1", "sentence2"] if meta["pair"] else ["sentence1"]
+    rows = {"train": cap(read_tsv(raw / "train.tsv", meta), cfg.max_train_examples)}
+    rows |= {s: cap(read_tsv(raw / f"{s}.tsv", meta), cfg.max_dev_examples) for s in dev_splits}
+    inputs = normalized_fields(meta["pair"])[:-1]
     sp = spm.SentencePieceProcessor(model_file=str(MLM / "spm.model"))
     regression = meta["labels"] == "regression"
+    unk_rates = {split: unk_rate(sp, [r[c] for r in split_rows for c in inputs]) for split, split_rows in rows.items()}
+    for split, rate in unk_rates.items():
+        if rate > UNK_WARNING:
+            log(f"warning: {task} {split}: {rate:.1%} of the sentencepiece pieces are <unk> (above "
+                f"{UNK_WARNING:.1%}): the text has characters the tokenizer ({MLM / 'spm.model'}, trained on the "
+                "pretraining corpus) never saw, and the model cannot read them. Pretrain on a corpus closer "
+                "to this task's language and script.")
 
     with atomic_dir(Path("data/bin/glue") / task) as out, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -42,8 +56,8 @@ def main(argv):
                                                    *split_prefixes(tmp, dev_splits, f"input{i}")])
         for split, split_rows in rows.items():
             labels = [r["label"] for r in split_rows]
-            if regression:  # the recipe scales STS-B scores to [0, 1]
-                labels = [str(float(x) / 5.0) for x in labels]
+            if regression:
+                labels = [str(regression_target(x, meta["label_range"])) for x in labels]
             (tmp / f"{split}.label").write_text("".join(x + "\n" for x in labels))
         if regression:  # sentence_prediction reads regression targets as text
             (out / "label").mkdir()
@@ -54,7 +68,8 @@ def main(argv):
         for split in dev_splits:  # raw text for evaluating exported models on strings
             write_tsv(out / f"{split}.tsv", rows[split], inputs + ["label"])
         write_json(out / "meta.json", {
-            "task": task, "pair": meta["pair"], "labels": meta["labels"], "regression": regression,
+            "task": task, "pair": meta["pair"], "labels": meta["labels"], "label_range": meta["label_range"],
+            "regression": regression, "unk_rate": {s: round(r, 6) for s, r in unk_rates.items()},
             "num_classes": 1 if regression else len(meta["labels"]),
             "fairseq_splits": dict(fairseq_split_names(dev_splits)),
             "examples": {s: len(r) for s, r in rows.items()},
@@ -74,11 +89,18 @@ def split_prefixes(tmp, dev_splits, suffix):
             "--validpref", ",".join(str(tmp / f"{s}.{suffix}") for s in dev_splits)]
 
 
-def read_tsv(path):
-    """Read a TSV normalized by fetch (no quoting: fields never hold tabs or newlines)."""
-    header, *lines = read_lines(path)
-    fields = header.split("\t")
-    return [dict(zip(fields, line.split("\t"))) for line in lines]
+def read_tsv(path, meta):
+    """The rows of a TSV normalized by fetch (no quoting: fields never hold tabs or newlines), checked as
+    fetch checked them."""
+    fields = normalized_fields(meta["pair"])
+    lines = ((path, number, line) for number, line in enumerate(read_lines(path), start=1))
+    return list(glue_rows(lines, {f: f for f in fields}, True, meta["labels"], meta["label_range"]))
+
+
+def unk_rate(sp, texts: list[str]) -> float:
+    """The fraction of sentencepiece pieces in `texts` that are <unk>."""
+    ids = [i for encoded in sp.encode(texts) for i in encoded]
+    return sum(i == sp.unk_id() for i in ids) / max(len(ids), 1)
 
 
 def write_tsv(path, rows, fields):

@@ -1,8 +1,14 @@
 """The schema of params.yaml. Every stage validates the whole file before doing any work, so a typo
 fails fast with the key's full path instead of hours into a run."""
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+# GLUE metrics by kind of task (stages/evaluate.py computes each)
+CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
+REGRESSION_METRICS = ("pearson", "spearman")
 
 
 class Strict(BaseModel):
@@ -37,16 +43,22 @@ class Dataset(Strict):
     header: bool | None = None
     columns: dict[Literal["sentence1", "sentence2", "label"], str | int] | None = None
     labels: list[str] | Literal["regression"] | None = None
+    label_range: tuple[float, float] | None = None   # regression only: the lowest and highest label
+    # what evaluate scores, in this order (the first is the task's headline metric); f1 counts the
+    # second of two labels as the positive class
+    metrics: list[Literal[CLASSIFICATION_METRICS + REGRESSION_METRICS]] | None = None
     # parallel only
     languages: list[str] | None = None
 
     @model_validator(mode="after")
     def _kind_fields(self):
-        glue_fields = {"header": self.header, "columns": self.columns, "labels": self.labels}
+        glue_fields = {"header": self.header, "columns": self.columns, "labels": self.labels,
+                       "metrics": self.metrics}
         if self.kind == "glue":
             missing = [k for k, v in glue_fields.items() if v is None]
             if missing:
                 raise ValueError(f"kind 'glue' needs {missing}")
+            self._check_labels_and_metrics()
             if not {"sentence1", "label"} <= set(self.columns):
                 raise ValueError("glue columns need at least sentence1 and label")
             want = str if self.header else int
@@ -56,8 +68,8 @@ class Dataset(Strict):
                                  f" because header is {self.header}")
             if "train" not in self.splits or len(self.splits) < 2:
                 raise ValueError("glue splits need 'train' and at least one dev split")
-        elif any(v is not None for v in glue_fields.values()):
-            raise ValueError(f"header/columns/labels are for kind 'glue', not '{self.kind}'")
+        elif any(v is not None for v in [*glue_fields.values(), self.label_range]):
+            raise ValueError(f"header/columns/labels/label_range/metrics are for kind 'glue', not '{self.kind}'")
         if self.kind == "parallel" and not self.languages:
             raise ValueError("kind 'parallel' needs languages")
         if self.kind != "parallel" and self.languages is not None:
@@ -75,6 +87,29 @@ class Dataset(Strict):
                     if name not in self.files:
                         raise ValueError(f"splits.{split}: file '{name}' is not in files {sorted(self.files)}")
         return self
+
+    def _check_labels_and_metrics(self):
+        if len(set(self.metrics)) != len(self.metrics) or not self.metrics:
+            raise ValueError(f"metrics: give each metric once, at least one: {self.metrics}")
+        if self.labels == "regression":
+            if self.label_range is None:
+                raise ValueError("a regression task needs label_range: [lowest, highest] label")
+            low, high = self.label_range
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"label_range {list(self.label_range)}: needs two finite numbers, lowest first")
+            allowed = REGRESSION_METRICS
+        else:
+            if self.label_range is not None:
+                raise ValueError("label_range is for regression tasks (labels: regression)")
+            if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
+                raise ValueError(f"labels: give at least two, each once: {self.labels}")
+            if len(self.labels) != 2 and {"f1", "mcc"} & set(self.metrics):
+                raise ValueError(f"metrics f1 and mcc score two classes; labels has {len(self.labels)}")
+            allowed = CLASSIFICATION_METRICS
+        wrong = [m for m in self.metrics if m not in allowed]
+        if wrong:
+            kind = "a regression" if self.labels == "regression" else "a classification"
+            raise ValueError(f"metrics {wrong} do not score {kind} task; choose from {list(allowed)}")
 
 
 class Translation(Strict):

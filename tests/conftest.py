@@ -87,7 +87,7 @@ def build_mirror(root: Path) -> dict:
              ["entailment", "not_entailment"])):
         files[task] = {"kind": "glue", "files": {n: entry(task, n) for n in ("train.tsv", "dev.tsv")},
                        "splits": {"train": [{"file": "train.tsv"}], "dev": [{"file": "dev.tsv"}]},
-                       "header": True, "columns": columns, "labels": labels}
+                       "header": True, "columns": columns, "labels": labels, "metrics": ["accuracy"]}
 
     # translation: "de"/"fr" are deterministic word-by-word rewrites of "en", so a model can learn them
     (root / "multi30k").mkdir()

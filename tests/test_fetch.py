@@ -7,7 +7,11 @@ import io
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -158,6 +162,8 @@ def test_unknown_dataset_and_usage(tiny_project):
      "malformed row: expected 4 tab-separated fields, found 3"),
     ("sst2", "dev.tsv", 6, "great movie\t2", "label '2' is not one of the task's labels ['0', '1']"),
     ("sst2", "train.tsv", 0, "text\tlabel", "header has no column ['sentence']"),
+    ("sst2", "dev.tsv", 4, "\t", "row of empty fields"),  # not a blank line to skip
+    ("rte", "train.tsv", 7, "\t \t\t", "row of empty fields"),
 ])
 def test_bad_row_names_file_and_line(tiny_project, dataset, fname, index, bad_line, message):
     path = mirror() / dataset / fname
@@ -170,16 +176,27 @@ def test_bad_row_names_file_and_line(tiny_project, dataset, fname, index, bad_li
     assert message in str(e.value)
 
 
-def test_regression_label_not_a_number(tiny_project):
+@pytest.mark.parametrize("label, message", [
+    ("abc", "label 'abc' is not a number (regression task)"),
+    ("nan", "label 'nan' is not a finite number"),
+    ("inf", "label 'inf' is not a finite number"),
+    ("-inf", "label '-inf' is not a finite number"),
+    ("1e400", "label '1e400' is not a finite number"),  # beyond a float: read as inf
+    ("7.5", "label '7.5' is outside the task's label_range [0, 5]"),
+    ("-0.5", "label '-0.5' is outside the task's label_range [0, 5]"),
+])
+def test_regression_label_must_be_a_finite_number_in_range(tiny_project, label, message):
     path = mirror() / "sst2" / "train.tsv"
     lines = tsv_lines(path)
-    lines[3] = "fine\tabc"
+    lines[3] = f"fine\t{label}"
     write_and_reseal(tiny_project, "sst2", "train.tsv", "\n".join(lines) + "\n")
-    set_params(tiny_project, lambda p: p["datasets"]["sst2"].update(labels="regression"))
+    # the tiny sst2 as a regression task scored 0..5, as STS-B is (its labels 0 and 1 are in range)
+    set_params(tiny_project, lambda p: p["datasets"]["sst2"].update(labels="regression", label_range=[0, 5],
+                                                                    metrics=["pearson"]))
     with pytest.raises(DataError) as e:
         fetch.main(["sst2"])
     assert str(e.value).startswith(f"{path}:4: ")
-    assert "label 'abc' is not a number (regression task)" in str(e.value)
+    assert message in str(e.value)
 
 
 @pytest.mark.parametrize("longer", ["en", "fr"])
@@ -232,13 +249,16 @@ def test_checksum_mismatch_in_mirror(tiny_project):
     assert not (RAW / "sst2").exists()
 
 
-def test_not_utf8(tiny_project):
+@pytest.mark.parametrize("line", [2, 5001])  # 5001: far past the first chunk a stream decoder reads
+def test_not_utf8_names_line_and_column(tiny_project, line):
     path = mirror() / "sst2" / "train.tsv"
-    path.write_bytes(b"sentence\tlabel\ngood \xff\xfe film\t1\n")
+    good = "café film\t1\n".encode() * (line - 2)
+    path.write_bytes(b"sentence\tlabel\n" + good + "très ".encode() + b"\xff\xfe film\t1\n")
     reseal(tiny_project, "sst2", "train.tsv")
     with pytest.raises(DataError) as e:
         fetch.main(["sst2"])
-    assert str(e.value).startswith(f"{path}: not UTF-8 text")
+    # the column counts characters: "très " is 5 of them in 6 bytes
+    assert str(e.value).startswith(f"{path}:{line}: not UTF-8 text: byte 0xff at column 6")
 
 
 def _break_sst2_row(project):
@@ -479,6 +499,51 @@ def test_interrupted_download_is_reported_as_such(offline, truncating_server):
     assert "DATA_MIRROR" in msg
     assert "mismatch" not in msg
     assert list((DOWNLOADS / "mnli").iterdir()) == []
+
+
+class Stalling(http.server.BaseHTTPRequestHandler):
+    """Announces the whole zip, sends half of it, then stalls until released (a connection that hangs)."""
+    body = b""
+    release = threading.Event()
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body[: len(self.body) // 2])
+        self.wfile.flush()
+        self.release.wait(60)
+
+
+def fetch_process(dataset, **env):
+    env = {k: v for k, v in dict(os.environ, PYTHONPATH=str(Path.cwd()), **env).items() if v is not None}
+    return subprocess.Popen([sys.executable, "-m", "stages.fetch", dataset], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_killed_download_leaves_a_part_file_that_the_next_stage_run_removes(offline, www):
+    Stalling.body = mnli_zip(www / "MNLI.zip")
+    Stalling.release.clear()
+    server = Server(Stalling)
+    part = DOWNLOADS / "mnli" / "MNLI.zip.part"
+    try:
+        add_mnli(offline, f"{server.base}/MNLI.zip", hashlib.sha256(Stalling.body).hexdigest())
+        download = fetch_process("mnli")
+        deadline = time.time() + 60
+        while not part.exists():
+            assert download.poll() is None and time.time() < deadline, download.stderr.read()
+            time.sleep(0.05)
+        download.send_signal(signal.SIGKILL)
+        download.wait()
+        assert part.exists()  # what a kill -9 leaves: no cleanup runs
+    finally:
+        Stalling.release.set()
+        server.close()
+    other = fetch_process("sst2", DATA_MIRROR=str(offline.parent / "mirror"))  # any stage, from the mirror
+    _, log = other.communicate(timeout=120)
+    assert other.returncode == 0, log
+    assert not part.exists()
+    assert f"removing {part}, left by an interrupted run" in log
 
 
 # ---------------------------------------------------------------- 4. neither source reachable

@@ -1,14 +1,20 @@
 """The whole pipeline through `dvc repro` on the tiny mirror with tiny models: every stage runs, the
 metrics and plots are visible to DVC, and a change re-runs only what depends on it."""
 import json
+import shutil
 
 import pytest
+import yaml
 
-from conftest import set_params, tiny_training
+from conftest import REPO, set_params, tiny_training
+from profiles.apply import merge
+from stages import check
 from test_pipeline_dvc import build_dvc_project, enter_copy, repro, run
 
 
 def tiny_pipeline(p):
+    """The CI profile (update budgets, fixed threads) at the tiny scale."""
+    merge(p, yaml.safe_load((REPO / "profiles/ci.yaml").read_text()))
     tiny_training(p)
     p["data"]["glue_tasks"] = ["sst2"]
     p["pretrain"]["sizes"] = p["train_mt"]["sizes"] = ["T1"]
@@ -53,3 +59,23 @@ def test_an_evaluation_param_reevaluates_without_recompressing(project):
     set_params(project, lambda p: p["evaluate"].update(bootstrap=150))
     _, ran = repro()
     assert ran == {"evaluate_glue@T1-sst2", "evaluate_mt@T1", "tabulate", "report"}
+
+
+def test_two_clean_runs_of_the_ci_profile_score_exactly_the_same(pipeline, tmp_path_factory, monkeypatch):
+    again = tmp_path_factory.mktemp("again")
+    build_dvc_project(again, tiny_pipeline)
+    first, second = pipeline / "project", again / "project"
+
+    def scores(project):  # every metric but the timings
+        metrics = check.flatten(json.loads((project / "reports/metrics.json").read_text()))
+        return {k: v for k, v in metrics.items() if not k.rsplit("/", 1)[-1].startswith(check.TIMINGS)}
+    assert scores(first) == scores(second) and any("accuracy" in k for k in scores(first))
+    # the gate itself: the first run's baseline, the second run checked against it, rule by rule
+    monkeypatch.chdir(first)
+    run("python", "-m", "stages.check", "--update")
+    shutil.copy(first / "reports/baseline-ci.json", second / "reports/baseline-ci.json")
+    monkeypatch.chdir(second)
+    out = run("python", "-m", "stages.check").stdout
+    assert "0 of" in out and "the same hardware" in out
+    rules = {line.split()[0]: line.split()[3] for line in out.splitlines()[1:] if line.count("/") == 2}
+    assert {rules[k] for k in scores(second)} == {"exact"}

@@ -114,3 +114,19 @@ def test_caps_have_no_silent_default(tmp_path):
 def test_recovery_takes_seconds_or_updates_not_both(tmp_path):
     msg = invalid(tmp_path, lambda p: p["compress"].update(recovery={"seconds": 60, "updates": 100}))
     assert "compress.recovery: set at most one of seconds or updates" in msg
+
+
+@pytest.mark.parametrize("task, edit, message", [
+    ("sst2", lambda d: d.pop("metrics"), "kind 'glue' needs ['metrics']"),
+    ("sst2", lambda d: d.update(metrics=["pearson"]),
+     "metrics ['pearson'] do not score a classification task; choose from ['accuracy', 'f1', 'mcc']"),
+    ("mnli", lambda d: d.update(metrics=["accuracy", "f1"]), "metrics f1 and mcc score two classes; labels has 3"),
+    ("sst2", lambda d: d.update(label_range=[0, 1]), "label_range is for regression tasks"),
+    ("stsb", lambda d: d.update(metrics=["accuracy"]),
+     "metrics ['accuracy'] do not score a regression task; choose from ['pearson', 'spearman']"),
+    ("stsb", lambda d: d.pop("label_range"), "a regression task needs label_range"),
+    ("stsb", lambda d: d.update(label_range=[5, 0]), "label_range [5.0, 0.0]: needs two finite numbers, lowest first"),
+])
+def test_a_glue_task_declares_metrics_and_labels_that_fit_together(tmp_path, task, edit, message):
+    msg = invalid(tmp_path, lambda p: edit(p["datasets"][task]))
+    assert f"datasets.{task}: {message}" in msg

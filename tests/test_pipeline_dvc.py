@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,15 @@ def run(*cmd, check=True):
 
 
 def repro(*stages, check=True):
+    """`dvc repro STAGES` and the stages it ran, leaving out `validate`: it checks params.yaml again
+    whenever that changed, and does no work."""
     result = run("dvc", "repro", *stages, check=check)
-    return result, set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
+    return result, set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr)) - {"validate"}
 
 
 def build_dvc_project(root: Path, edit=None, stages=()) -> tuple:
-    """A tiny project under `root` as a git + DVC repo after `dvc repro STAGES` (all when none), with its
-    params edited by `edit` first. Returns repro's result and the stages that ran."""
+    """A tiny project under `root` as a git + DVC repo after `dvc repro STAGES` (all when none; no repro
+    when None), with its params edited by `edit` first. Returns repro's result and the stages that ran."""
     project = make_tiny_project(root)
     if edit:
         set_params(project, edit)
@@ -40,7 +43,7 @@ def build_dvc_project(root: Path, edit=None, stages=()) -> tuple:
         run("git", "config", "user.email", "test@example.com")
         run("git", "config", "user.name", "test")
         run("dvc", "init", "-q")
-        result, ran = repro(*stages)
+        result, ran = repro(*stages) if stages is not None else (None, set())
         run("git", "add", "-A")
         run("git", "commit", "-qm", "tiny pipeline")
     return result, ran
@@ -119,3 +122,40 @@ def test_bad_input_stops_the_stage_and_keeps_other_outputs(dvc_project):
     assert sha256(Path("data/bin/mlm/train.bin")) == mlm_before
     status = run("dvc", "status", "prepare_mlm", "prepare_glue@sst2", "prepare_mt").stdout
     assert "up to date" in status, status
+
+
+def test_a_bad_param_fails_dvc_exp_run_at_once_when_every_stage_is_cached(dvc_project):
+    result = run("dvc", "exp", "run", "-S", "compress.bits=[1]", "prepare_mlm", check=False)
+    assert result.returncode != 0, result.stdout
+    assert "params.yaml: invalid parameters\n  compress: bits.0: 1 is outside 2..16" in result.stderr, result.stderr
+
+
+def without_the_venv_on_path(tmp_path: Path) -> dict:
+    """The environment of `.venv/bin/dvc repro` run without activating the venv: the first `python` on PATH
+    is another interpreter (here the venv's base interpreter, without the project's packages)."""
+    other = tmp_path / "other-python"
+    other.mkdir()
+    (other / "python").symlink_to(sys._base_executable)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    return dict(env, PATH=f"{other}{os.pathsep}/usr/bin{os.pathsep}/bin", DVC_NO_ANALYTICS="1")
+
+
+def test_stages_run_in_the_projects_venv_however_dvc_was_started(dvc_project, tmp_path):
+    (dvc_project / ".venv").symlink_to(venv_bin().parent)  # the project's venv, as `make` creates it
+    set_params(dvc_project, lambda p: p["prepare_mlm"].update(vocab_size=150))
+    result = subprocess.run([venv_bin() / "dvc", "repro", "prepare_mlm"], capture_output=True, text=True,
+                            env=without_the_venv_on_path(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Running stage 'prepare_mlm'" in result.stdout
+    assert json.loads(Path("data/bin/mlm/caps.json").read_text())["vocab_size"] == 150
+
+
+def test_without_the_projects_venv_the_first_stage_fails_saying_how_to_fix_it(dvc_project, tmp_path):
+    set_params(dvc_project, lambda p: p["prepare_mlm"].update(vocab_size=150))
+    result = subprocess.run([venv_bin() / "dvc", "repro", "prepare_mlm"], capture_output=True, text=True,
+                            env=without_the_venv_on_path(tmp_path))
+    assert result.returncode != 0
+    assert "Running stage 'prepare_mlm'" not in result.stdout  # it stopped before any work
+    assert f"error: {tmp_path / 'other-python' / 'python'} lacks " in result.stderr, result.stderr
+    assert "sentencepiece" in result.stderr
+    assert "make" in result.stderr and "source .venv/bin/activate" in result.stderr, result.stderr

@@ -8,6 +8,7 @@ from fairseq.data import Dictionary, data_utils
 
 from conftest import set_params
 from stages import fetch, prepare_glue, prepare_mlm, prepare_mt
+from stages.lib import DataError
 
 
 def load(prefix: Path, dictionary: Dictionary):
@@ -78,6 +79,33 @@ def test_prepare_glue_follows_the_roberta_recipe(fetched):
         label_dict = Dictionary.load(str(out / "label" / "dict.txt"))
         labels = load(out / "label" / "valid", label_dict)
         assert [label_dict.string(labels[i]) for i in range(len(labels))] == [r.split("\t")[-1] for r in dev_rows]
+
+
+@pytest.mark.parametrize("bad_row, message", [
+    ("great movie\t2", "label '2' is not one of the task's labels ['0', '1']"),  # not a third class
+    ("great\tmovie\t1", "malformed row: expected 2 tab-separated fields, found 3"),  # 'movie' not a label
+    ("\t", "row of empty fields"),
+])
+def test_prepare_glue_checks_hand_edited_raw_rows_as_fetch_does(fetched, bad_row, message):
+    path = Path("data/raw/sst2/train.tsv")
+    lines = path.read_text().splitlines()
+    lines[7] = bad_row
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as e:
+        prepare_glue.main(["sst2"])
+    assert str(e.value).startswith(f"{path}:8: ") and message in str(e.value)
+    assert not Path("data/bin/glue/sst2").exists()
+
+
+def test_prepare_glue_records_the_unk_rate_and_warns_on_text_unlike_the_corpus(fetched, capsys):
+    prepare_mlm.main([])
+    dev = Path("data/raw/sst2/dev.tsv")  # Portuguese: the tiny English corpus has no ç, ã, é
+    dev.write_text("sentence1\tlabel\n" + "não é uma ação fácil\t1\né a canção do coração\t0\n" * 5)
+    prepare_glue.main(["sst2"])
+    unk = json.loads(Path("data/bin/glue/sst2/meta.json").read_text())["unk_rate"]
+    assert unk["train"] == 0 and unk["dev"] > 0.005
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "sst2 dev:" in warnings[0] and "<unk>" in warnings[0]
 
 
 def test_prepare_mt_joined_dictionary_and_raw_references(fetched):

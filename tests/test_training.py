@@ -83,11 +83,16 @@ def stage_process(*args):
                             stderr=subprocess.PIPE, text=True)
 
 
-def kill_after_points(process, work_curve: Path, points: int, timeout=300):
+def kill_after_points(process, work_curve: Path, points: int, timeout=300, sig=signal.SIGKILL):
+    kill_when(process, work_curve, lambda rows: len(rows) >= points, timeout, sig)
+
+
+def kill_when(process, work_curve: Path, ready, timeout=300, sig=signal.SIGKILL):
+    """Send `sig` to the stage once ready(rows of its work curve) holds, and wait for it to end."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if work_curve.exists() and len(read_curve(work_curve)) >= points:
-            process.send_signal(signal.SIGKILL)
+        if work_curve.exists() and ready(read_curve(work_curve)):
+            process.send_signal(sig)
             process.wait()
             return
         assert process.poll() is None, f"stage ended before it could be killed: {process.stderr.read()}"
@@ -96,10 +101,18 @@ def kill_after_points(process, work_curve: Path, points: int, timeout=300):
     raise AssertionError("no curve points in time")
 
 
-def test_kill_and_resume_with_an_update_budget(prepared):
+def validation_interval(seconds: list[float]) -> float:
+    """The longest stretch between two curve points of one process (a resumed curve's gap at the kill
+    is not one)."""
+    return max(b - a for a, b in zip(seconds, seconds[1:]))
+
+
+# kill -9, preemption, Ctrl-C
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda sig: sig.name)
+def test_kill_and_resume_with_an_update_budget(prepared, sig):
     set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": None, "updates": 40}))
     work = WORK_DIR / "pretrain" / "T2"
-    kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 3)
+    kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 3, sig=sig)
     assert (work / "checkpoint_last.pt").exists()
     pretrain.main(["T2"])  # what the next `dvc repro` runs
     updates = [int(r["updates"]) for r in read_curve("reports/curves/pretrain-T2.csv")]
@@ -124,15 +137,55 @@ def test_kill_and_resume_with_a_time_budget(prepared):
     set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": budget, "updates": None}))
     work = WORK_DIR / "pretrain" / "T2"
     kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 2)
-    spent_before_kill = float(read_curve(work / "curve.csv")[-1]["seconds"])
+    killed = [float(r["seconds"]) for r in read_curve(work / "curve.csv")]
     pretrain.main(["T2"])
     curve = read_curve("reports/curves/pretrain-T2.csv")
     seconds = [float(r["seconds"]) for r in curve]
-    interval = max(b - a for a, b in zip(seconds, seconds[1:]))
+    interval = validation_interval(killed)
     # resumed, not restarted: the curve continues from the killed run's points
-    assert seconds[0] <= spent_before_kill < budget
+    assert seconds[0] <= killed[-1] < budget
     # training time spent matches the budget within one validation interval
     assert budget <= seconds[-1] <= budget + interval + 1.0, (seconds, interval)
+
+
+def test_a_late_kill_still_ends_within_one_interval_of_a_time_budget(prepared, monkeypatch):
+    """Killed close to its budget, the resumed run must not count its own start-up (made slow here, as
+    loading a large corpus is) as training time: the killed run counted its own, and the resumed one's
+    alone would overshoot the budget before the first update could check it."""
+    budget = 6.0
+    set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": budget, "updates": None}))
+    work = WORK_DIR / "pretrain" / "T2"
+    kill_when(stage_process("stages.pretrain", "T2"), work / "curve.csv",
+              lambda rows: len(rows) >= 2 and float(rows[-1]["seconds"]) >= budget / 2)
+    killed = [float(r["seconds"]) for r in read_curve(work / "curve.csv")]
+    from fairseq.trainer import Trainer
+    get_train_iterator, slowed = Trainer.get_train_iterator, []
+
+    def slow_start(self, *args, **kwargs):
+        if not slowed:  # once: the start-up, not every epoch
+            slowed.append(budget)
+            time.sleep(budget)
+        return get_train_iterator(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "get_train_iterator", slow_start)
+    pretrain.main(["T2"])
+    assert slowed
+    seconds = [float(r["seconds"]) for r in read_curve("reports/curves/pretrain-T2.csv")]
+    interval = validation_interval(killed)
+    assert seconds[0] <= killed[-1]  # resumed
+    assert budget <= seconds[-1] <= budget + interval + 1.0, (seconds, interval)
+
+
+def test_changed_flags_start_an_interrupted_run_over(prepared):
+    set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": None, "updates": 24}))
+    work = WORK_DIR / "pretrain" / "T2"
+    kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 2)
+    killed = read_curve(work / "curve.csv")
+    set_params(prepared, lambda p: p["pretrain"].update(lr=0.001))
+    pretrain.main(["T2"])
+    curve = read_curve("reports/curves/pretrain-T2.csv")
+    assert [int(r["updates"]) for r in curve] == list(range(4, 25, 4))
+    assert curve[0]["valid_loss"] != killed[0]["valid_loss"]  # trained again at the new learning rate
 
 
 def test_nan_loss_names_the_size_and_update_and_keeps_the_checkpoint(prepared, monkeypatch):

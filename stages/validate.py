@@ -1,0 +1,27 @@
+"""validate: check params.yaml against its schema (stages/schema.py), ahead of every other stage.
+
+The fetch stages depend on its output, so `dvc repro` and `dvc exp run -S ...`, whatever stages they
+target, run it first whenever params.yaml changed: a bad value fails at once, even when every other stage
+is cached and would not run. Its output never changes, so a valid change reruns nothing through it.
+
+Writes data/params.ok.
+
+Usage: python -m stages.validate
+"""
+from pathlib import Path
+
+from stages.lib import StageError, load_params, run_stage
+
+OUT = Path("data/params.ok")
+
+
+def main(argv):
+    if argv:
+        raise StageError("usage: python -m stages.validate")
+    load_params()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text("params.yaml is valid\n")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,45 @@
+"""Scratch a killed stage leaves behind is removed by the next run of any stage: DVC may restore the killed
+stage from its run-cache and never run it again to clean up after itself. Scratch that a running
+process still writes is left alone."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stages import fetch
+
+
+def python(*args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=str(Path.cwd()))
+    return subprocess.Popen([sys.executable, *args], env=env, text=True, **kwargs)
+
+
+def test_a_killed_stages_scratch_is_removed_by_the_next_stage_run_and_a_live_ones_kept(tiny_project):
+    fetch.main(["wikitext2"])
+    killed_scratch = Path("data/bin/.mlm.tmp")
+    stage = python("-m", "stages.prepare_mlm", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not killed_scratch.exists():
+        assert stage.poll() is None and time.time() < deadline, stage.stderr.read()
+        time.sleep(0.02)
+    stage.send_signal(signal.SIGKILL)
+    stage.wait()
+    assert killed_scratch.is_dir()  # what a kill -9 leaves: no cleanup runs
+
+    live_scratch = Path("models/compressed/.T1-sst2.tmp")  # a stage still writing it
+    live = python("-c", "import time\nfrom stages.lib import atomic_dir\n"
+                        "with atomic_dir('models/compressed/T1-sst2'):\n    print('writing', flush=True)\n"
+                        "    time.sleep(120)", stdout=subprocess.PIPE)
+    try:
+        assert live.stdout.readline() == "writing\n"
+        other = python("-m", "stages.fetch", "sst2", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, log = other.communicate(timeout=120)
+        assert other.returncode == 0, log
+        assert not killed_scratch.exists(), log
+        assert f"removing {killed_scratch}, left by an interrupted run" in log
+        assert live_scratch.is_dir()
+    finally:
+        live.kill()
+        live.wait()
