@@ -135,7 +135,9 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def fmt(value) -> str:
-    return "-" if value is None else f"{value:.6g}"
+    if value is None:
+        return "-"
+    return str(int(value)) if value.is_integer() else f"{value:.6g}"  # sizes in full: they compare exactly
 
 
 def text_table(rows) -> str:
