@@ -79,8 +79,11 @@ def test_train_mt_curve_carries_bleu(prepared):
 
 def stage_process(*args):
     env = dict(os.environ, PYTHONPATH=str(Path.cwd()))
+    # SIGINT as in a terminal: a shell starts background jobs (a CI runner's, say) with it ignored, and
+    # children inherit that, so Ctrl-C would never reach the stage
     return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def kill_after_points(process, work_curve: Path, points: int, timeout=300, sig=signal.SIGKILL):
