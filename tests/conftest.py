@@ -6,7 +6,9 @@ import hashlib
 import io
 import random
 import shutil
+import signal
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -207,3 +209,13 @@ def pruned(state: dict) -> dict:
     """A fairseq state dict with half of every layer matrix pruned (per matrix), as compression does."""
     from stages.compress import LAYER_MATRIX, prune
     return {**state, **prune({k: v for k, v in state.items() if LAYER_MATRIX.search(k)}, 0.5, "layer")}
+
+
+def kill_once_exists(process, path: Path, timeout: float) -> None:
+    """kill -9 `process` as soon as `path` exists, and wait for it: what a kill at that moment leaves."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

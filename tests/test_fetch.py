@@ -7,18 +7,16 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, SHARED_MIRROR, UNREACHABLE, gz, set_params, sha256
+from conftest import REPO, SHARED_MIRROR, UNREACHABLE, gz, kill_once_exists, set_params, sha256
 from stages import fetch
 from stages.lib import DataError, StageError
 
@@ -528,13 +526,7 @@ def test_a_killed_download_leaves_a_part_file_that_the_next_stage_run_removes(of
     part = DOWNLOADS / "mnli" / "MNLI.zip.part"
     try:
         add_mnli(offline, f"{server.base}/MNLI.zip", hashlib.sha256(Stalling.body).hexdigest())
-        download = fetch_process("mnli")
-        deadline = time.time() + 60
-        while not part.exists():
-            assert download.poll() is None and time.time() < deadline, download.stderr.read()
-            time.sleep(0.05)
-        download.send_signal(signal.SIGKILL)
-        download.wait()
+        kill_once_exists(fetch_process("mnli"), part, timeout=60)
         assert part.exists()  # what a kill -9 leaves: no cleanup runs
     finally:
         Stalling.release.set()

@@ -2,12 +2,11 @@
 stage from its run-cache and never run it again to clean up after itself. Scratch that a running
 process still writes is left alone."""
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from conftest import kill_once_exists
 from stages import fetch
 
 
@@ -20,12 +19,7 @@ def test_a_killed_stages_scratch_is_removed_by_the_next_stage_run_and_a_live_one
     fetch.main(["wikitext2"])
     killed_scratch = Path("data/bin/.mlm.tmp")
     stage = python("-m", "stages.prepare_mlm", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not killed_scratch.exists():
-        assert stage.poll() is None and time.time() < deadline, stage.stderr.read()
-        time.sleep(0.02)
-    stage.send_signal(signal.SIGKILL)
-    stage.wait()
+    kill_once_exists(stage, killed_scratch, timeout=120)
     assert killed_scratch.is_dir()  # what a kill -9 leaves: no cleanup runs
 
     live_scratch = Path("models/compressed/.T1-sst2.tmp")  # a stage still writing it
