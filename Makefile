@@ -1,17 +1,25 @@
 # Two entry points: `make repro` runs the pipeline, `make test` runs the tests.
 # Both create .venv with the pinned dependencies when it is missing or requirements.txt changed.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test gpu-check
+.PHONY: repro repro-timed test gpu-check
 # `make repro PROFILE=paper` first applies profiles/paper.yaml to params.yaml
 repro: $(VENV)/.installed
 ifdef PROFILE
 	python profiles/apply.py $(PROFILE)
 endif
 	dvc repro
+
+# `make repro` with each line of DVC's output stamped with the seconds since the start (reports/repro.log),
+# then where the time went by stage kind (bench/repro_times.py: reports/repro-times.json)
+repro-timed: $(VENV)/.installed
+	set -o pipefail; dvc repro 2>&1 | python -u -c 'import sys, time; t = time.time(); \
+	[print(f"{time.time() - t:.1f} {line}", end="", flush=True) for line in sys.stdin]' | tee reports/repro.log
+	python -m bench.repro_times reports/repro.log --json reports/repro-times.json
 
 test: $(VENV)/.installed
 	python -m pytest -q tests

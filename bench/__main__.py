@@ -63,13 +63,15 @@ def main(argv=None):
     results = {
         "command": " ".join(["python -m bench", *argv]),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "hardware": {"cpu": hardware.cpu(), "cores": os.cpu_count(), "gpu": gpu(), "python": platform.python_version(),
-                     "versions": versions()},
+        "hardware": {"cpu": hardware.cpu(), "cpu_flags": hardware.isa_flags(), "cores": os.cpu_count(), "gpu": gpu(),
+                     "python": platform.python_version(), "versions": versions()},
         "settings": {"quick": quick, "children": "forked from a server with the libraries imported (peaks include "
                      "them all)" if quick else "fresh interpreters (spawn)", "mlm_sizes": mlm, "mt_sizes": mt,
                      "largest_size": max(mlm, key=lambda s: non_embedding_params(params.models.mlm[s]), default=None),
-                     "training_device": device, "training_precision": "fp32" if device == "cpu" else
-                     params.training.precision, "training_threads": threads, "training_warmup": 2 if quick else 5,
+                     # what fairseq is timed in: "fp32+bf16" on CPU (bf16 as the stages' autocast), else
+                     # training.precision's choice; the transformers loop runs in the first one
+                     "training_device": device, "training_precision": "+".join(training.precisions(params)),
+                     "training_threads": threads, "training_warmup": 2 if quick else 5,
                      "training_updates": 6 if quick else 25, "eval_threads": params.evaluate.threads,
                      "evaluate": {**params.evaluate.model_dump(), **evaluation}},
         "notes": NOTES}
@@ -115,7 +117,9 @@ NOTES = [
     "Training: both loops train the same RoBERTa on fairseq's own masked batches with AdamW-equivalent "
     "optimizers; tokens/s is the median over timed updates of tokens / time between update ends (data "
     "loading between updates included; start-up, warm-up and validation excluded). fairseq's masked_lm "
-    "computes the vocabulary projection only at masked positions, RobertaForMaskedLM at every position.",
+    "computes the vocabulary projection only at masked positions, RobertaForMaskedLM at every position. "
+    "On CPU fairseq also trains in bf16 as the stages do (torch.autocast around its fp32 model, not fairseq's "
+    "--bf16); the transformers loop and the fairseq / transformers ratio are fp32.",
     "Deployment: stages.evaluate's own GlueEval / TranslationEval (timed, speed, load_onnx): PyTorch runs "
     "on token tensors, ONNX Runtime on raw text (tokenization included in its timing).",
     "Memory: VmHWM of each child process (getrusage's ru_maxrss would start at the parent's peak on Linux).",

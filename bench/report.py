@@ -21,6 +21,18 @@ def add_targets(results: dict) -> list:
 
     for row in results.get("training", []):
         add(row, "target", f"training tokens/s, fairseq / transformers, {row['size']}", row["ratio"], ">=", 1.0)
+    if results.get("training"):
+        largest = results["settings"]["largest_size"]
+        [row] = [r for r in results["training"] if r["size"] == largest]
+        speedup = row.get("bf16_speedup")
+        if speedup is None:  # a GPU: only training.precision is timed
+            note = f"not applicable: {results['settings']['training_device']} trains in one precision only"
+        elif not {"avx512_bf16", "amx_bf16"} & set(results["hardware"].get("cpu_flags", [])):
+            note = "not applicable: no bf16 instructions"  # bf16 is emulated: no speed-up to expect
+        else:
+            note = ""
+        add(row, "target_bf16", f"training tokens/s, bf16 / fp32, {largest} (largest size)",
+            None if note else speedup, ">=", 1.5, note=note)
     if "deployment" in results:
         largest = results["settings"]["largest_size"]
         rows = [r for r in results["deployment"]["glue"] if r["size"] == largest]
@@ -56,8 +68,9 @@ def memory_rows(results: dict) -> list:
         rows.append({"what": "import stages.lib, fairseq, torch (baseline)",
                      "peak_rss_mb": results["overhead"]["startup"]["import_peak_rss_mb"]})
     for row in results.get("training", []):
-        for loop in ("fairseq", "transformers"):
-            rows.append({"what": f"training {row['size']}, {loop} ({row[loop]['tokens_per_update']:.0f} tokens/update)",
+        for loop in ("fairseq", *(f"fairseq_{p}" for p in row["precisions"][1:]), "transformers"):
+            rows.append({"what": f"training {row['size']}, {loop.split('_')[0]} {row[loop]['precision']} "
+                                 f"({row[loop]['tokens_per_update']:.0f} tokens/update)",
                          "peak_rss_mb": row[loop]["peak_rss_mb"]})
     for kind in ("glue", "mt"):
         for row in results.get("deployment", {}).get(kind, []):
@@ -88,14 +101,26 @@ def markdown(results: dict) -> str:
            "## Targets\n", table(["target", "value", "goal", "verdict (margin)"],
                                  [[t["name"], t["value"], t["goal"], verdict(t)] for t in results["targets"]])]
     if results.get("training"):
+        rows = results["training"]
+        timed = rows[0]["precisions"]
         out += ["## Training throughput (masked LM)\n",
-                f"{st['training_precision']} on {st['training_device']}, {st['training_threads']} threads, {st['training_updates']} timed updates after "
-                f"{st['training_warmup']} warm-up updates, median tokens/s.\n",
+                # the CPU and its ISA flags on the figures' own line: they decide which kernels (and whether
+                # bf16 matmuls) run
+                f"{st['training_precision']} on {st['training_device']} ({hw['cpu']}; GPU: {hw['gpu'] or 'none'}), "
+                f"{st['training_threads']} threads, {st['training_updates']} timed updates after "
+                f"{st['training_warmup']} warm-up updates, median tokens/s; fairseq and transformers in "
+                f"{timed[0]}.\n",
                 table(["size", "non-emb. params", "fairseq tokens/s", "transformers tokens/s", "ratio",
                        "fairseq GFLOP/s", "MFU", "target"],
                       [[r["size"], r["non_embedding_parameters"], r["fairseq"]["tokens_per_s"],
                         r["transformers"]["tokens_per_s"], r["ratio"], r["fairseq"]["model_gflops_per_s"],
-                        r["fairseq"]["mfu"], verdict(r["target"])] for r in results["training"]])]
+                        r["fairseq"]["mfu"], verdict(r["target"])] for r in rows])]
+        if len(timed) > 1:
+            out += ["\nfairseq tokens/s per precision (bf16: torch.autocast around the fp32 model, as the "
+                    f"stages train on CPU), on {hw['cpu']}.\n",
+                    table(["size", *(f"{p} tokens/s" for p in timed), "bf16 / fp32", "target"],
+                          [[r["size"], *(r["tokens_per_s"][p] for p in timed), r["bf16_speedup"],
+                            verdict(r["target_bf16"]) if "target_bf16" in r else ""] for r in rows])]
     for kind, metric in (("glue", "accuracy"), ("mt", "bleu")):
         rows = results.get("deployment", {}).get(kind, [])
         if not rows:

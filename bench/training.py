@@ -5,8 +5,14 @@ Both train the same RoBERTa (layers, hidden, FFN, heads of models.mlm; vocabular
 dictionary with <mask>; pretrain.tokens_per_sample positions) on the same batches: fairseq's own
 masked_lm task and batch iterator (pretrain.max_tokens tokens per batch, pretrain.mask_prob masked),
 with the same optimizer (fairseq's adam is Adam with decoupled weight decay, i.e. AdamW, on every
-parameter: betas 0.9/0.98, eps 1e-6, pretrain.weight_decay, pretrain.lr), dropout and threads, in fp32
-on CPU (on a GPU: training.precision, and model FLOPs utilisation against a measured matmul peak).
+parameter: betas 0.9/0.98, eps 1e-6, pretrain.weight_decay, pretrain.lr), dropout and threads.
+
+Precision: on CPU fairseq trains each size twice, in fp32 and in bf16 exactly as the stages' harness does
+(stages.lib.cpu_autocast: --bf16 stripped, each train step under torch.autocast("cpu", bfloat16), so fp32
+weights and optimizer with bfloat16 matmuls), giving the bf16 / fp32 speed-up; the transformers loop runs
+in fp32 only, against fairseq's fp32 run (the fairseq / transformers ratio compares like with like). On a
+GPU both loops run once, in training.precision's choice, with model FLOPs utilisation against a measured
+matmul peak.
 
 Tokens/s is the median over the timed updates of tokens / time between consecutive update ends, so
 data loading and logging between updates count; start-up, the first `warmup` updates and validation
@@ -23,53 +29,84 @@ import time
 from bench.memory import in_child
 
 
+def precisions(params) -> list:
+    """The precisions fairseq is timed in: fp32 and bf16 on CPU, training.precision's choice on a GPU."""
+    from stages.lib import training_device, training_precision
+    return ["fp32", "bf16"] if training_device(params.training) == "cpu" else [training_precision(params.training)]
+
+
 def run(sizes: list, warmup: int, updates: int, threads: int) -> list:
+    """One row per size: row["fairseq"] and row["transformers"] in the first precision (fp32 on CPU),
+    row["fairseq_bf16"] on CPU, and row["tokens_per_s"] = fairseq's tokens/s per precision."""
+    from stages import hardware
     from stages.lib import load_params, non_embedding_params
     params = load_params()
+    timed = precisions(params)
     rows = []
     for name in sizes:
         size = params.models.mlm[name]
         row = {"size": name, **size.model_dump(), "non_embedding_parameters": non_embedding_params(size),
                "tokens_per_sample": params.pretrain.tokens_per_sample, "max_tokens": params.pretrain.max_tokens,
-               "threads": threads}
-        for loop in (fairseq_loop, transformers_loop):
-            row[loop.__name__.removesuffix("_loop")] = in_child(loop, name, warmup, updates, threads)
+               "threads": threads, "precisions": timed, "cpu": hardware.cpu(), "cpu_flags": hardware.isa_flags()}
+        for precision in timed:
+            row[fairseq_key(precision, timed)] = {
+                **in_child(fairseq_loop, name, warmup, updates, threads, precision), "precision": precision}
+        row["transformers"] = {**in_child(transformers_loop, name, warmup, updates, threads, timed[0]),
+                               "precision": timed[0]}
         row["ratio"] = row["fairseq"]["tokens_per_s"] / row["transformers"]["tokens_per_s"]
-        print(f"training {name}: fairseq {row['fairseq']['tokens_per_s']:.0f} tokens/s, transformers "
-              f"{row['transformers']['tokens_per_s']:.0f} tokens/s, ratio {row['ratio']:.2f}", flush=True)
+        row["tokens_per_s"] = {p: row[fairseq_key(p, timed)]["tokens_per_s"] for p in timed}
+        row["bf16_speedup"] = (row["tokens_per_s"]["bf16"] / row["tokens_per_s"]["fp32"]
+                               if {"fp32", "bf16"} <= set(timed) else None)
+        print(f"training {name}: fairseq " + ", ".join(f"{p} {v:.0f}" for p, v in row["tokens_per_s"].items())
+              + f" tokens/s, transformers {timed[0]} {row['transformers']['tokens_per_s']:.0f} tokens/s, ratio "
+              f"{row['ratio']:.2f}" + (f", bf16 / fp32 {row['bf16_speedup']:.2f}" if row["bf16_speedup"] else ""),
+              flush=True)
         rows.append(row)
     return rows
 
 
-def fairseq_loop(name: str, warmup: int, updates: int, threads: int) -> dict:
-    """`python -m stages.pretrain NAME`'s own fairseq-train run, stopped after warmup + updates updates,
-    without validation or checkpoints."""
+def fairseq_key(precision: str, timed: list) -> str:
+    """A row's key for fairseq's run in `precision`: "fairseq" for the first (compared with transformers)."""
+    return "fairseq" if precision == timed[0] else f"fairseq_{precision}"
+
+
+def fairseq_loop(name: str, warmup: int, updates: int, threads: int, precision: str) -> dict:
+    """`python -m stages.pretrain NAME`'s own fairseq-train run in `precision`, stopped after warmup +
+    updates updates, without validation or checkpoints."""
     import torch
     from fairseq import trainer
-    from stages.lib import run_fairseq
+    from stages.lib import cpu_autocast, run_fairseq
 
-    params, args = pipeline(name, warmup + updates, threads)
-    clock = Clock("--cpu" not in args)
+    params, args = pipeline(name, warmup + updates, threads, precision)
+    # as stages.lib.train_with_budget: on CPU, bf16 is autocast around fairseq's fp32 model, not fairseq's
+    # --bf16 (which would cast the model itself to bfloat16 and time something the stages never run)
+    args, cpu_bf16 = cpu_autocast(args)
+    clock, weights = Clock("--cpu" not in args), set()
     original = trainer.Trainer.train_step
 
     def train_step(self, samples, raise_oom=False):
-        out = original(self, samples, raise_oom)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
+            out = original(self, samples, raise_oom)
         clock.tick(sum(s["net_input"]["src_tokens"].numel() for s in samples if s and "net_input" in s))
+        if not weights:  # once, in a warm-up update: the timed ones stay untouched
+            weights.update(str(p.dtype).removeprefix("torch.") for p in self.model.parameters())
         return out
 
     trainer.Trainer.train_step = train_step
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as save_dir:
         run_fairseq("train", [*args, "--disable-validation", "--no-save", "--save-dir", save_dir])
-    return clock.summary(warmup, params, name)
+    # the weights' dtypes after an update: float32 under CPU autocast, bfloat16 had fairseq's --bf16 run
+    return {**clock.summary(warmup, params, name), "autocast_bf16": cpu_bf16, "weights_dtype": sorted(weights)}
 
 
-def transformers_loop(name: str, warmup: int, updates: int, threads: int) -> dict:
-    """A plain training loop of transformers' RobertaForMaskedLM on fairseq's masked batches."""
+def transformers_loop(name: str, warmup: int, updates: int, threads: int, precision: str) -> dict:
+    """A plain training loop of transformers' RobertaForMaskedLM on fairseq's masked batches, autocast to
+    `precision` on a GPU only (run() asks for fp32 on CPU)."""
     import torch
     from transformers import RobertaConfig, RobertaForMaskedLM
 
-    params, args = pipeline(name, warmup + updates, threads)
+    params, args = pipeline(name, warmup + updates, threads, precision)
     torch.set_num_threads(threads)
     size, cfg = params.models.mlm[name], params.pretrain
     task, batches = fairseq_batches(args)
@@ -85,7 +122,7 @@ def transformers_loop(name: str, warmup: int, updates: int, threads: int) -> dic
     # a constant learning rate: fairseq's warm-up schedule changes the values, not the work per update
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
                                   weight_decay=cfg.weight_decay)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[params.training.precision]
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
     clock = Clock(cuda)
     for sample in itertools.islice(batches, warmup + updates):
         tokens, target = sample["net_input"]["src_tokens"].to(device), sample["target"].to(device)
@@ -100,17 +137,19 @@ def transformers_loop(name: str, warmup: int, updates: int, threads: int) -> dic
     return clock.summary(warmup, params, name)
 
 
-def pipeline(name: str, total_updates: int, threads: int):
-    """params.yaml with an update budget, and the exact fairseq-train flags `python -m stages.pretrain
-    NAME` would run: its main() with train_and_export replaced by a catcher, so this cannot drift from
-    the stage. Only ever called in a throwaway child process (it patches stages.pretrain)."""
+def pipeline(name: str, total_updates: int, threads: int, precision: str):
+    """params.yaml with an update budget and training.precision = `precision`, and the exact fairseq-train
+    flags `python -m stages.pretrain NAME` would run: its main() with train_and_export replaced by a
+    catcher, so this cannot drift from the stage. Only ever called in a throwaway child process (it
+    patches stages.pretrain)."""
     import stages.pretrain as pretrain
+    from stages import schedule  # noqa: F401  registers --lr-scheduler budget_linear, which the flags name
     from stages.lib import load_params
     params = load_params()
     budget = params.pretrain.budget.model_copy(update={"seconds": None, "updates": total_updates})
     params = params.model_copy(update={  # params are frozen: copies with the changes
         "pretrain": params.pretrain.model_copy(update={"sizes": [name], "budget": budget}),  # any models.mlm size
-        "training": params.training.model_copy(update={"threads": threads})})
+        "training": params.training.model_copy(update={"threads": threads, "precision": precision})})
     caught = {}
     pretrain.load_params = lambda: params
     pretrain.train_and_export = lambda stage, name, out, args, *rest, **kw: caught.update(args=args)
@@ -151,7 +190,7 @@ class Clock:
         self.tokens.append(tokens)
 
     def summary(self, warmup: int, params, name: str) -> dict:
-        from stages.lib import non_embedding_params
+        from stages.lib import non_embedding_params, training_precision
         warmup = max(warmup, 1)  # the first update has no previous end to time it from
         rates = [t / (end - before) for t, end, before in
                  zip(self.tokens[warmup:], self.ends[warmup:], self.ends[warmup - 1:])]
@@ -168,7 +207,7 @@ class Clock:
             import torch
             # read before the matmul peak's own tensors count; each loop is its own process, so the peak is its own
             result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
-            peak = matmul_peak(params.training.precision)
+            peak = matmul_peak(training_precision(params.training))  # pipeline() set an explicit one
             result.update(mfu=round(flops_per_s / peak, 4), matmul_peak_tflops=round(peak / 1e12, 1))
         return result
 

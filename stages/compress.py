@@ -17,7 +17,7 @@ ONNX variants are standalone directories that optimum loads. Every variant has a
 
 Writes models/compressed/<size>-<task>/ (GLUE) or models/compressed/mt-<size>/ (translation).
 
-Usage: python -m stages.compress glue SIZE TASK
+Usage: python -m stages.compress glue SIZE TASK [--random-init]
        python -m stages.compress mt SIZE
 """
 import io
@@ -45,12 +45,16 @@ def main(argv):
     params = load_params()
     cfg = params.compress
     name, size_name, task, size, source = model_arg(argv, params, "compress")
+    init = "random" if "--random-init" in argv else "pretrained"
+    if init == "random":  # the pretraining control is compared dense only
+        cfg = cfg.model_copy(update={"sparsities": [0.0], "bits": [], "onnx_sparsities": []})
     checkpoint = load_checkpoint(source / "checkpoint.pt")
     state = checkpoint["model"]
     matrices = [k for k in state if LAYER_MATRIX.search(k)]
     if not matrices:
         raise StageError(f"{source}/checkpoint.pt: no Transformer layer weight matrices found")
-    described = {"size": size_name, "task": task, **size.model_dump(), "source": str(source / "checkpoint.pt"),
+    described = {"size": size_name, "task": task, **size.model_dump(), "init": init,
+                 "source": str(source / "checkpoint.pt"),
                  "pruning": cfg.pruning, "granularity": cfg.granularity}
     recovery = cfg.recovery if (cfg.recovery.seconds or cfg.recovery.updates) else None
     counted = deployed(state, task)
@@ -103,15 +107,20 @@ def main(argv):
 
 
 def model_arg(argv, params, stage: str):
-    """The model a per-model stage works on: `glue SIZE TASK` or `mt SIZE`. Returns its name (the
-    directory under models/compressed), size name, task ("translation" for mt), size and source dir."""
+    """The model a per-model stage works on: `glue SIZE TASK [--random-init]` or `mt SIZE`. Returns its
+    name (the directory under models/compressed), size name, task ("translation" for mt), size and
+    source dir. --random-init: the pretraining control of that size (finetune.random_init_sizes)."""
+    if argv[:1] == ["glue"] and len(argv) == 4 and argv[3] == "--random-init" \
+            and argv[1] in params.finetune.random_init_sizes and argv[2] in params.data.glue_tasks:
+        name = f"{argv[1]}-{argv[2]}-random"
+        return name, argv[1], argv[2], params.models.mlm[argv[1]], Path("models/finetune") / name
     if argv[:1] == ["glue"] and len(argv) == 3 and argv[1] in params.pretrain.sizes \
             and argv[2] in params.data.glue_tasks:
         return f"{argv[1]}-{argv[2]}", argv[1], argv[2], params.models.mlm[argv[1]], \
             Path("models/finetune") / f"{argv[1]}-{argv[2]}"
     if argv[:1] == ["mt"] and len(argv) == 2 and argv[1] in params.train_mt.sizes:
         return f"mt-{argv[1]}", argv[1], "translation", params.models.mt[argv[1]], Path("models/mt") / argv[1]
-    raise StageError(f"usage: python -m stages.{stage} glue SIZE TASK | mt SIZE, with SIZE one of "
+    raise StageError(f"usage: python -m stages.{stage} glue SIZE TASK [--random-init] | mt SIZE, with SIZE one of "
                      f"pretrain.sizes {params.pretrain.sizes} (glue) or train_mt.sizes {params.train_mt.sizes} "
                      f"(mt), TASK one of data.glue_tasks {params.data.glue_tasks}")
 

@@ -15,7 +15,7 @@ kernels as the dense one).
 
 Writes reports/eval/<model>.csv, one row per (variant, split, metric).
 
-Usage: python -m stages.evaluate glue SIZE TASK
+Usage: python -m stages.evaluate glue SIZE TASK [--random-init]
        python -m stages.evaluate mt SIZE
 """
 import csv
@@ -33,7 +33,7 @@ from stages.compress import VARIANT_FILE, class_labels, load_variant, model_arg
 from stages.glue import regression_target
 from stages.lib import StageError, allow_checkpoint_globals, load_params, log, read_lines, run_stage
 
-FIELDS = ["model", "task", "size", "layers", "hidden", "variant", "format", "target_sparsity", "sparsity", "bits",
+FIELDS = ["model", "task", "size", "layers", "hidden", "init", "variant", "format", "target_sparsity", "sparsity", "bits",
           "parameters", "nonzero_parameters", "bits_per_weight", "bytes", "bytes_zip", "split", "examples",
           "metric", "value", "ci_low", "ci_high", "constant_score", "latency_ms", "throughput", "throughput_unit",
           "threads", "hardware", "details"]
@@ -68,6 +68,7 @@ def main(argv):
                     **{k: described[k] for k in ("task", "size", "layers", "hidden", "format", "target_sparsity",
                                                  "sparsity", "bits", "parameters", "nonzero_parameters", "bytes",
                                                  "bytes_zip")},
+                    "init": described.get("init", "pretrained"),
                     "model": name, "variant": variant.name, "split": split, "examples": examples,
                     "bits_per_weight": round(8 * described["bytes"] / described["parameters"], 3),
                     "metric": metric, "value": round(value, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),

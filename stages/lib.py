@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from stages import hardware
 from stages.schema import Params
 
 PARAMS_FILE = Path("params.yaml")
@@ -290,7 +291,7 @@ def fairseq_preprocess(destdir: Path, args: list) -> None:
 # ---------------------------------------------------------------- budgeted fairseq training
 
 WORK_DIR = Path("models/.work")   # resumable training state; not a DVC output (DVC deletes those)
-CURVE_FIELDS = ["updates", "seconds", "tokens", "flops", "train_loss", "valid_loss", "valid_ppl",
+CURVE_FIELDS = ["updates", "seconds", "tokens", "flops", "lr", "train_loss", "valid_loss", "valid_ppl",
                 "valid_accuracy", "valid_bleu"]
 
 
@@ -305,17 +306,33 @@ def training_device(training) -> str:
     return training.device
 
 
+def training_precision(training, cpu_flags=None) -> str:
+    """"fp16", "bf16" or "fp32", as params.yaml's training.precision asks. `auto`: on CUDA fp16 (the paper's
+    mixed precision), on a CPU bf16 where it has bfloat16 matmul instructions (AVX-512 BF16 or AMX; a bf16
+    matmul then runs ~2.8x an fp32 one on two threads), else fp32. `cpu_flags`: the CPU's ISA flags
+    (default: this machine's), injectable for tests."""
+    cpu = training_device(training) == "cpu"
+    if training.precision == "auto":
+        if not cpu:
+            return "fp16"
+        flags = hardware.isa_flags() if cpu_flags is None else cpu_flags
+        return "bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "fp32"
+    if cpu and training.precision == "fp16":
+        raise StageError("params.yaml: training.precision fp16 trains on CUDA only (a CPU has no fast float16 "
+                         "matmuls); on a CPU use auto, bf16 or fp32")
+    return training.precision
+
+
 def device_flags(training) -> list:
     """fairseq flags for params.yaml's `training` section: device, precision, and data parallelism when
-    this process is one rank of a torchrun launch (see launch_data_parallel)."""
+    this process is one rank of a torchrun launch (see launch_data_parallel). On a CPU, --bf16 means
+    autocast (train_with_budget): fp32 weights and optimizer, bfloat16 matmuls."""
     import torch
     cpu = training_device(training) == "cpu"
-    if cpu:
-        if training.threads:
-            torch.set_num_threads(training.threads)
-        flags = ["--cpu"]
-    else:
-        flags = {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp32": []}[training.precision]
+    if cpu and training.threads:
+        torch.set_num_threads(training.threads)
+    flags = ["--cpu"] if cpu else []
+    flags += {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp32": []}[training_precision(training)]
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:  # explicit: fairseq's default is every GPU it sees
         flags += ["--distributed-world-size", 1]
@@ -377,11 +394,13 @@ def budget_flags(budget) -> list:
 
 
 def schedule_flags(opt) -> list:
-    """Optimizer and schedule shared by every training stage. inverse_sqrt needs no total update
-    count, which a wall-clock budget cannot know in advance."""
+    """Optimizer and schedule shared by every training stage. `linear`: warm-up, then linear decay to
+    end_lr when the budget is spent, in updates or seconds (stages/schedule.py); `inverse_sqrt` needs no
+    budget at all (fairseq's translation recipe)."""
+    schedule = ["--lr-scheduler", "budget_linear", "--end-learning-rate", opt.end_lr] if opt.lr_schedule == "linear" \
+        else ["--lr-scheduler", "inverse_sqrt", "--warmup-init-lr", "1e-07"]
     return ["--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--adam-eps", "1e-06", "--clip-norm", "0.0",
-            "--lr", opt.lr, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", opt.warmup_updates,
-            "--warmup-init-lr", "1e-07", "--dropout", opt.dropout, "--attention-dropout", opt.dropout,
+            "--lr", opt.lr, *schedule, "--warmup-updates", opt.warmup_updates, "--dropout", opt.dropout, "--attention-dropout", opt.dropout,
             "--weight-decay", opt.weight_decay, "--max-tokens", opt.max_tokens,
             "--validate-interval-updates", opt.validate_every, "--save-interval-updates", opt.validate_every,
             "--max-valid-steps", opt.valid_batches - 1,  # fairseq stops after index max_valid_steps
@@ -397,6 +416,22 @@ def non_embedding_params(size, decoder: bool = False) -> int:
     """Weights of one Transformer stack, without embeddings (Kaplan et al.'s N)."""
     attention = (8 if decoder else 4) * size.hidden ** 2  # decoder: self- and cross-attention
     return size.layers * (attention + 2 * size.hidden * size.ffn)
+
+
+def model_non_embedding_params(size, kind: str) -> int:
+    """N of a whole model: "mlm" (a RoBERTa encoder) or "mt" (encoder plus decoder, each `layers` deep)."""
+    if kind == "mt":
+        return non_embedding_params(size) + non_embedding_params(size, decoder=True)
+    return non_embedding_params(size)
+
+
+def cpu_autocast(args: list) -> tuple[list, bool]:
+    """fairseq's --bf16 casts the model itself to bfloat16 (weights, LayerNorm, softmax, checkpoint). On a
+    CPU the harness runs each train step under torch.autocast instead: fp32 weights and optimizer,
+    bfloat16 matmuls (validation scores in fp32). Returns the flags without --bf16 there, and whether to."""
+    if "--cpu" in args and "--bf16" in args:
+        return [a for a in args if a != "--bf16"], True
+    return args, False
 
 
 def run_fingerprint(args: list) -> str:
@@ -415,6 +450,7 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
     import torch
     from fairseq import trainer as fairseq_trainer
     import fairseq_cli.train as train_cli
+    from stages import schedule  # registers --lr-scheduler budget_linear
 
     work_curve, master = work / "curve.csv", distributed_rank() == 0
     rows = []
@@ -433,6 +469,7 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
     # tokens and FLOPs: totals on the curve, plus what this rank trained on since the last point
     state = {"tokens": int(rows[-1]["tokens"]) if rows else 0, "flops": float(rows[-1]["flops"]) if rows else 0.0,
              "new_tokens": 0, "new_flops": 0.0, "loss_sum": 0.0, "loss_n": 0}
+    args, cpu_bf16 = cpu_autocast(args)
 
     def train_step(self, samples, raise_oom=False):
         if not state.get("started"):  # this process's first update
@@ -442,10 +479,14 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
                 # start-up is not training (the killed run counted its own), and a late kill would
                 # spend the rest of the budget on it before the first update could check the budget
                 self._start_time = time.time()
+            if isinstance(self.lr_scheduler, schedule.BudgetLinearSchedule):
+                # the budget's clock: training seconds, restored from the checkpoint when resumed
+                self.lr_scheduler.elapsed = lambda: float(self.cumulative_training_time())
             if on_model is not None:
                 on_model(self.get_model())
         try:  # raise_oom: a batch that does not fit fails the run instead of being skipped silently
-            out = original_train_step(self, samples, raise_oom=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
+                out = original_train_step(self, samples, raise_oom=True)
         except Exception as e:
             cause = in_context_chain(e, FloatingPointError)
             if cause is not None and cause is not e:  # fairseq's NaN diagnostics can crash themselves
@@ -476,7 +517,7 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
         if distributed_master(cfg):
             seconds = float(trainer.cumulative_training_time())  # a tensor when there are several ranks
             row = {"updates": trainer.get_num_updates(), "seconds": round(seconds, 2),
-                   "tokens": state["tokens"], "flops": f"{state['flops']:.4g}",
+                   "tokens": state["tokens"], "flops": f"{state['flops']:.4g}", "lr": f"{trainer.get_lr():.4g}",
                    "train_loss": round(state["loss_sum"] / state["loss_n"], 4) if state["loss_n"] else "",
                    "valid_loss": stats.get("loss", ""), "valid_ppl": stats.get("ppl", ""),
                    "valid_accuracy": stats.get("accuracy", ""),
@@ -555,10 +596,23 @@ def train_and_export(stage: str, name: str, out: Path, args: list, flops_of_samp
     if distributed_rank() != 0:  # rank 0 writes the outputs
         return last
     parameters = export_checkpoint(work / f"checkpoint_{keep}.pt", out / "checkpoint.pt")
-    write_json(out / "summary.json", {**summary, "parameters": parameters, "final": last})
+    write_json(out / "summary.json", {**summary, "parameters": parameters, "final": last,
+                                      "precision": trained_precision(args), "hardware": trained_on(args)})
     shutil.rmtree(work)
     log(f"{label}: done, {last['updates']} updates in {last['seconds']} s")
     return last
+
+
+def trained_precision(args: list) -> str:
+    return "bf16" if "--bf16" in args else "fp16" if "--fp16" in args else "fp32"
+
+
+def trained_on(args: list) -> str:
+    """The processor a run trained on, as evaluation rows name it."""
+    if "--cpu" in args:
+        return hardware.cpu()
+    import torch
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cuda"
 
 
 def distributed_master(cfg) -> bool:

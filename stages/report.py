@@ -1,9 +1,10 @@
 """report: the paper's figures, the tables behind them, a verdict on each claim, and a recommendation.
 
-Reads the learning curves (reports/curves/) and every evaluated variant (reports/variants.csv).
-Writes reports/figures/*.png and *.svg (seaborn) and reports/report.md. Verdicts say "holds",
-"does not hold" or "inconclusive" from the numbers alone; a difference smaller than its uncertainty
-(the bootstrap confidence intervals, or `report.loss_tolerance` for losses) decides nothing.
+Reads the learning curves (reports/curves/), each trained size's summary.json (models/pretrain/<size>/,
+models/mt/<size>/: precision and hardware), the unigram baseline of the masked-LM valid set
+(data/bin/mlm/unigram.json) and every evaluated variant (reports/variants.csv; rows with init "random"
+are the pretraining control, used only in its own section). Writes reports/figures/*.png and *.svg
+(seaborn) and reports/report.md. The verdicts and the recommendation are stages/verdicts.py's.
 
 Usage: python -m stages.report
 """
@@ -16,14 +17,19 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from stages.lib import StageError, load_params, log, run_stage
+from stages.lib import StageError, load_params, log, model_non_embedding_params, run_stage
+from stages.verdicts import (recommendation, size_order, sweeps, verdict_equal_size, verdict_pretraining,
+                             verdict_robustness, verdict_updates, verdict_wallclock)
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 FIGURES = Path("reports/figures")
 CURVES = Path("reports/curves")
+UNIGRAM = Path("data/bin/mlm/unigram.json")
+SUMMARIES = {"pretrain": Path("models/pretrain"), "train_mt": Path("models/mt")}  # <size>/summary.json
 PACKAGES = ["torch", "fairseq", "ve-fairseq", "fairseq-fixed", "transformers", "optimum", "optimum-onnx",
             "onnxruntime", "sacrebleu", "dvc", "seaborn"]
 
@@ -31,17 +37,22 @@ PACKAGES = ["torch", "fairseq", "ve-fairseq", "fairseq-fixed", "transformers", "
 def main(argv):
     params = load_params()
     cfg = params.report
-    variants = pd.read_csv("reports/variants.csv")
+    variants = read_variants(Path("reports/variants.csv"))
+    # the control (fine-tuned from random initialisation) answers one question only: no other figure,
+    # table, verdict or recommendation may mix it with the pretrained models
+    control, variants = variants[variants.init == "random"], variants[variants.init != "random"]
     if variants.empty:
-        raise StageError("reports/variants.csv: no rows (run `dvc repro tabulate`)")
-    mlm = read_curves("pretrain", params.pretrain.sizes, params.models.mlm)
-    mt = read_curves("train_mt", params.train_mt.sizes, params.models.mt)
+        raise StageError("reports/variants.csv: no pretrained rows (run `dvc repro tabulate`)")
+    mlm = read_curves("pretrain", params.pretrain.sizes, params.models.mlm, "mlm")
+    mt = read_curves("train_mt", params.train_mt.sizes, params.models.mt, "mt")
+    unigram_bits = read_unigram()
     FIGURES.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
 
     sections = [environment(params, variants)]
-    sections.append(figure_mlm_curves(mlm))
+    sections.append(figure_mlm_curves(mlm, unigram_bits))
     sections.append(figure_mt_curves(mt))
+    sections.append(figure_throughput(mlm, mt))
     scored = variants[variants.metric != "loss"]  # the scores, higher-is-better; a task's headline comes first
     headline = scored.groupby("task").metric.first().to_dict()
     main_rows = pd.concat([scored[(scored.task == t) & (scored.metric == m)] for t, m in headline.items()])
@@ -50,6 +61,7 @@ def main(argv):
     sections.append(figure_bits(main_rows))
     sections.append(figure_frontier(main_rows))
     sections.append(figure_latency(main_rows))
+    sections.append(pretraining_control(main_rows, control))
     verdicts = [verdict_wallclock(mlm, cfg.loss_tolerance), verdict_updates(mlm),
                 verdict_robustness(main_rows), verdict_equal_size(main_rows)]
     sections.append("## Verdicts\n\n| claim | verdict | evidence |\n|---|---|---|\n" +
@@ -61,32 +73,52 @@ def main(argv):
 
 # ---------------------------------------------------------------- inputs
 
-def read_curves(stage: str, sizes: list, grid: dict) -> pd.DataFrame:
+def read_variants(path: Path) -> pd.DataFrame:
+    variants = pd.read_csv(path)
+    if variants.empty:
+        raise StageError(f"{path}: no rows (run `dvc repro tabulate`)")
+    if "init" not in variants:  # written before the pretraining control existed: all pretrained
+        variants["init"] = "pretrained"
+    variants["init"] = variants["init"].fillna("pretrained")
+    return variants
+
+
+def read_curves(stage: str, sizes: list, grid: dict, kind: str) -> pd.DataFrame:
+    """Every size's curve, with its non-embedding parameter count (`kind` "mlm" or "mt": the count
+    the training stage uses) and the precision and hardware its summary.json records."""
     frames = []
     for name in sizes:
-        path = CURVES / f"{stage}-{name}.csv"
-        if not path.exists():
-            raise StageError(f"{path}: missing (run `dvc repro {stage}`)")
+        path, summary = CURVES / f"{stage}-{name}.csv", SUMMARIES[stage] / name / "summary.json"
+        for needed in (path, summary):
+            if not needed.exists():
+                raise StageError(f"{needed}: missing (run `dvc repro {stage}`)")
+        info = json.loads(summary.read_text())
         size = grid[name]
-        frames.append(pd.read_csv(path).assign(size=name, layers=size.layers, hidden=size.hidden,
-                                               parameters=size.layers * (4 * size.hidden ** 2
-                                                                         + 2 * size.hidden * size.ffn)))
+        frames.append(pd.read_csv(path).assign(
+            size=name, layers=size.layers, hidden=size.hidden, parameters=model_non_embedding_params(size, kind),
+            # summaries from before these keys were recorded
+            precision=info.get("precision", "unknown"), hardware=info.get("hardware", "unknown")))
     return pd.concat(frames, ignore_index=True)
 
 
-def sweeps(curves: pd.DataFrame) -> dict:
-    """The depth sweep (sizes sharing the most common width) and the width sweep (sharing the most
-    common depth), as in the paper's figures."""
-    sizes = curves.drop_duplicates("size")
-    width, depth = sizes.hidden.mode()[0], sizes.layers.mode()[0]
-    return {f"depth sweep (hidden {width})": sizes[sizes.hidden == width].sort_values("parameters")["size"].tolist(),
-            f"width sweep ({depth} layers)": sizes[sizes.layers == depth].sort_values("parameters")["size"].tolist()}
+def read_unigram() -> float:
+    """Bits per token of the masked-LM valid set under an add-one unigram of the train counts."""
+    if not UNIGRAM.exists():
+        raise StageError(f"{UNIGRAM}: missing (run `dvc repro prepare_mlm`)")
+    return float(json.loads(UNIGRAM.read_text())["valid_bits"])
 
+
+def last_points(curves: pd.DataFrame) -> pd.DataFrame:
+    """Each size's final curve row, smallest size first (tail, not last(): last() mixes rows)."""
+    return curves.sort_values("updates").groupby("size").tail(1).sort_values("parameters")
+
+
+# ---------------------------------------------------------------- drawing helpers
 
 def save(fig, name: str) -> str:
     fig.tight_layout()
-    for suffix in ("png", "svg"):
-        fig.savefig(FIGURES / f"{name}.{suffix}", dpi=130)
+    for suffix in ("png", "svg"):  # bbox "tight": keep the legend placed right of the panels
+        fig.savefig(FIGURES / f"{name}.{suffix}", dpi=130, bbox_inches="tight")
     plt.close(fig)
     return f"![{name}](figures/{name}.png)"
 
@@ -99,52 +131,169 @@ def table(frame: pd.DataFrame) -> str:
     return header + "".join("\n| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False))
 
 
-# ---------------------------------------------------------------- figures
+def plain(x, _=None) -> str:
+    """A tick label a reader can read: 1.6M, 500k, 2e15 (FLOPs), 0.5."""
+    if x >= 1e12:
+        exponent = int(np.floor(np.log10(x)))
+        return f"{x / 10 ** exponent:.2g}e{exponent}"
+    for factor, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= factor:
+            return f"{x / factor:.3g}{unit}"
+    return f"{x:.3g}"
 
-def figure_mlm_curves(mlm: pd.DataFrame) -> str:
-    groups = sweeps(mlm)
-    fig, axes = plt.subplots(2, len(groups), figsize=(5.5 * len(groups), 7), squeeze=False)
-    for col, (title, names) in enumerate(groups.items()):
+
+def log_axis(ax, axis: str = "x") -> None:
+    """Log-scale ticks at 1, 2 and 5 x 10^k (only powers of ten over a wide range, more over a narrow
+    one), labelled plainly, minor ticks unlabelled: matplotlib's default labels minor ticks
+    in 10^x notation on short ranges, and they run into each other."""
+    side = ax.xaxis if axis == "x" else ax.yaxis
+    low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    decades = np.log10(high / low)
+    narrow = (1.0, 2.0, 3.0, 5.0) if axis == "x" else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)  # x labels are wider
+    subs = (1.0,) if decades > 4 else (1.0, 2.0, 5.0) if decades > 1.2 else narrow if decades > 0.3 else range(1, 10)
+    side.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    side.set_major_formatter(ticker.FuncFormatter(plain))
+    side.set_minor_formatter(ticker.NullFormatter())
+
+
+def figure_legend(fig, axes, title: str | None = None, first: list = ()) -> None:
+    """One legend for the whole figure, right of the panels where it hides no data: every labelled
+    entry of every panel (seaborn's legends and lines drawn here), each once; labels in `first` (the
+    sizes, smallest first) lead, in that order."""
+    entries = {}
+    for ax in axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            for handle, text in zip(legend.legend_handles, legend.get_texts()):
+                entries.setdefault(text.get_text(), handle)
+            legend.remove()
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    labels = sorted(entries, key=lambda label: first.index(label) if label in first else len(first))
+    fig.legend([entries[label] for label in labels], labels, title=title, loc="upper left", bbox_to_anchor=(1, 0.95),
+               frameon=False)
+
+
+COLORS = {}  # size -> colour, for the whole report: a size keeps its colour from figure to figure
+
+
+def colors_of(order: list) -> dict:
+    """The sizes' colours (new sizes take the next colour, in `order`, smallest first)."""
+    palette = sns.color_palette(n_colors=10)
+    for name in order:
+        COLORS.setdefault(name, palette[len(COLORS) % len(palette)])
+    return {name: COLORS[name] for name in order}
+
+
+# ---------------------------------------------------------------- training figures
+
+def draw_mlm(mlm: pd.DataFrame, unigram_bits: float):
+    """Validation perplexity against wall-clock, FLOPs and updates, one row per sweep."""
+    groups, colors = sweeps(mlm), colors_of(size_order(mlm))
+    if set(mlm["size"]) - {name for names in groups.values() for name in names}:  # else a size would be missing
+        groups["all sizes"] = size_order(mlm)
+    views = (("seconds", "training wall-clock (s)"), ("flops", "training FLOPs (6 N per token; log scale)"),
+             ("updates", "updates"))
+    fig, axes = plt.subplots(len(groups), len(views), figsize=(4.3 * len(views), 3.5 * len(groups)), squeeze=False)
+    for row, (title, names) in enumerate(groups.items()):
         data = mlm[mlm["size"].isin(names)]
-        for row, x, label in ((0, "seconds", "training wall-clock (s)"), (1, "updates", "updates")):
+        for col, (x, label) in enumerate(views):
             ax = axes[row][col]
-            sns.lineplot(data=data, x=x, y="valid_ppl", hue="size", hue_order=names, marker="o", ax=ax)
+            sns.lineplot(data=data, x=x, y="valid_ppl", hue="size", hue_order=names, palette=colors, marker="o", ax=ax)
+            ax.axhline(2 ** unigram_bits, color="grey", linestyle="--", linewidth=1, label="unigram baseline")
             ax.set(yscale="log", xlabel=label, ylabel="validation perplexity (log scale)", title=title)
-    final = mlm.sort_values("updates").groupby("size").last().reset_index()
-    return ("## 1. Masked-LM pretraining: validation perplexity\n\n" + save(fig, "mlm_curves") + "\n\n" +
+            if x == "flops":
+                ax.set_xscale("log")
+                log_axis(ax, "x")
+            log_axis(ax, "y")
+    figure_legend(fig, axes.flat, "size", size_order(mlm))
+    return fig
+
+
+def figure_mlm_curves(mlm: pd.DataFrame, unigram_bits: float) -> str:
+    final = last_points(mlm).assign(below=lambda f: unigram_bits - f.valid_loss)
+    return ("## 1. Masked-LM pretraining: validation perplexity\n\n" + save(draw_mlm(mlm, unigram_bits), "mlm_curves")
+            + f"\n\nPerplexity is 2^loss (fairseq's losses are in bits). The dashed line is an add-one unigram of "
+            f"the training token counts on the same valid set ({unigram_bits:.3f} bits, perplexity "
+            f"{2 ** unigram_bits:.0f}): a model above it knows less than word frequencies. Claim (a) compares "
+            "sizes at equal wall-clock (left); it rests on larger models costing less than proportionally more "
+            "per step, and section 3's throughput table shows whether that holds on this hardware. Against "
+            "training FLOPs (middle) the hardware drops out: the sizes compare at equal estimated compute.\n\n" +
             table(final[["size", "layers", "hidden", "parameters", "updates", "seconds", "valid_loss",
-                         "valid_ppl"]].rename(columns={"parameters": "non-embedding params",
-                                                      "valid_loss": "valid loss (bits)"})))
+                         "below", "valid_ppl"]].rename(columns={"parameters": "non-embedding params",
+                                                                "valid_loss": "valid loss (bits)",
+                                                                "below": "bits below unigram"})))
 
 
 def figure_mt_curves(mt: pd.DataFrame) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    order = mt.drop_duplicates("size").sort_values("parameters")["size"].tolist()
-    sns.lineplot(data=mt, x="seconds", y="valid_bleu", hue="size", hue_order=order, marker="o", ax=axes[0])
-    axes[0].set(xlabel="training wall-clock (s)", ylabel="validation BLEU (greedy)", title="translation BLEU")
-    sns.lineplot(data=mt, x="seconds", y="valid_loss", hue="size", hue_order=order, marker="o", ax=axes[1])
-    axes[1].set(xlabel="training wall-clock (s)", ylabel="validation loss (bits per token)", title="translation loss")
-    final = mt.sort_values("updates").groupby("size").last().reset_index()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    order = size_order(mt)
+    for ax, y, label, title in ((axes[0], "valid_bleu", "validation BLEU (greedy)", "translation BLEU"),
+                                (axes[1], "valid_loss", "validation loss (bits per token)", "translation loss")):
+        sns.lineplot(data=mt, x="seconds", y=y, hue="size", hue_order=order, palette=colors_of(order), marker="o",
+                     ax=ax)
+        ax.set(xlabel="training wall-clock (s)", ylabel=label, title=title)
+    figure_legend(fig, axes, "size", order)
     return ("## 2. Translation training: validation BLEU and loss\n\n" + save(fig, "mt_curves") + "\n\n" +
-            table(final[["size", "layers", "hidden", "parameters", "updates", "seconds", "valid_loss", "valid_bleu"]]
-                  .rename(columns={"parameters": "non-embedding params"})))
+            table(last_points(mt)[["size", "layers", "hidden", "parameters", "updates", "seconds", "valid_loss",
+                                   "valid_bleu"]].rename(columns={"parameters": "non-embedding params"})))
 
 
-def size_order(rows: pd.DataFrame) -> list:
-    return rows.drop_duplicates("size").sort_values("parameters")["size"].tolist()
+def figure_throughput(mlm: pd.DataFrame, mt: pd.DataFrame) -> str:
+    final = pd.concat([last_points(mlm).assign(stage="pretraining"), last_points(mt).assign(stage="translation")])
+    final = final.assign(tokens_per_s=final.tokens / final.seconds, flops_per_s=final.flops / final.seconds)
+    stages = list(final.groupby("stage", sort=False))
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.6 * len(stages), 3.6), squeeze=False)
+    sentences = []
+    for ax, (stage, d) in zip(axes[0], stages):
+        ax.plot(d.parameters, d.tokens_per_s, marker="o", label="measured")
+        # constant FLOPs/s: what tokens/s would be if a token cost in proportion to the parameters
+        ax.plot(d.parameters, d.tokens_per_s.iloc[0] * d.parameters.iloc[0] / d.parameters, color="grey",
+                linestyle="--", linewidth=1, label="if cost grew in proportion to parameters")
+        for name, x, y in zip(d["size"], d.parameters, d.tokens_per_s):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters (log scale)",
+               ylabel="training tokens/s (log scale)", title=stage)
+        log_axis(ax, "x")
+        log_axis(ax, "y")
+        small, large = d.iloc[0], d.iloc[-1]
+        if len(d) < 2:
+            sentences.append(f"{stage}: one size, nothing to compare.")
+            continue
+        n_ratio, slowdown = large.parameters / small.parameters, small.tokens_per_s / large.tokens_per_s
+        sentences.append(
+            f"{stage}: {large['size']} has {n_ratio:.1f}x the non-embedding parameters of {small['size']} and "
+            + (f"trains {slowdown:.1f}x fewer tokens/s" if slowdown >= 1 else f"trains {1 / slowdown:.1f}x more tokens/s")
+            + ", so a token costs it "
+            + ("less than proportionally more: the premise of claim (a) holds on this hardware."
+               if slowdown < n_ratio else
+               "proportionally more or worse: the premise of claim (a) does not hold on this hardware."))
+    figure_legend(fig, axes[0])
+    return ("## 3. Training throughput on this hardware\n\n" + save(fig, "throughput") + "\n\n"
+            "Tokens/s is the tokens trained over `seconds` at each curve's last point; `seconds` is fairseq's "
+            "training wall-clock, validation included (the budget's clock). FLOPs/s uses the 6 N FLOPs-per-token "
+            "estimate. Every size trains batches of the same number of tokens, so tokens/s also compares the "
+            "cost of a step.\n\n" + " ".join(sentences) + "\n\n" +
+            table(final.assign(tokens_per_s=final.tokens_per_s.round().astype("Int64"))  # 14803, not 1.48e+04
+                  [["stage", "size", "parameters", "tokens_per_s", "flops_per_s", "precision", "hardware"]]
+                  .rename(columns={"parameters": "non-embedding params", "tokens_per_s": "tokens/s",
+                                   "flops_per_s": "FLOPs/s"})))
 
 
-def per_task(rows: pd.DataFrame, draw, name: str, width=5.0):
-    tasks = sorted(rows.task.unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(width * len(tasks), 4), squeeze=False)
+# ---------------------------------------------------------------- evaluation figures
+
+def per_task(rows: pd.DataFrame, draw, name: str, width=5.0, legend_title: str | None = "size"):
+    tasks, order = sorted(rows.task.unique()), size_order(rows)
+    colors = colors_of(order)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(width * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         data = rows[rows.task == task]
-        draw(ax, data, size_order(data))
+        draw(ax, data, [s for s in order if s in set(data["size"])], colors)
         constant = data.constant_score.dropna()
         if len(constant):  # what a model that ignores its input scores
             ax.axhline(constant.iloc[0], color="grey", linestyle="--", linewidth=1, label="constant prediction")
-            ax.legend(title="size")
         ax.set_title(f"{task} ({data.split.iloc[0]}, {data.examples.iloc[0]} examples)")
+    figure_legend(fig, axes[0], legend_title, order if legend_title else [])
     return save(fig, name)
 
 
@@ -155,29 +304,28 @@ def metric_label(rows: pd.DataFrame) -> str:
 def figure_sparsity(rows: pd.DataFrame) -> str:
     data = rows[rows.format == "fairseq fp32"]
 
-    def draw(ax, d, order):
-        for size, color in zip(order, sns.color_palette(n_colors=len(order))):
+    def draw(ax, d, order, colors):
+        for size in order:
             s = d[d["size"] == size].sort_values("sparsity")
-            ax.plot(s.sparsity, s.value, marker="o", color=color, label=size)
-            ax.fill_between(s.sparsity, s.ci_low, s.ci_high, color=color, alpha=0.15)
+            ax.plot(s.sparsity, s.value, marker="o", color=colors[size], label=size)
+            ax.fill_between(s.sparsity, s.ci_low, s.ci_high, color=colors[size], alpha=0.15)
         ax.set(xlabel="sparsity (fraction of layer weights pruned)", ylabel=metric_label(d) + " (95% CI band)")
-        ax.legend(title="size")
     image = per_task(data, draw, "sparsity")
     pivot = data.pivot_table(index=["task", "size"], columns="target_sparsity", values="value").reset_index()
-    return "## 3. Accuracy against pruning sparsity (fp32)\n\n" + image + "\n\n" + table(pivot)
+    return "## 4. Accuracy against pruning sparsity (fp32)\n\n" + image + "\n\n" + table(pivot)
 
 
 def figure_bits(rows: pd.DataFrame) -> str:
     data = rows[rows.format.isin(["fairseq fp32", "simulated k-bit"]) & (rows.target_sparsity == 0)]
 
-    def draw(ax, d, order):
-        sns.lineplot(data=d, x="bits", y="value", hue="size", hue_order=order, marker="o", ax=ax)
+    def draw(ax, d, order, colors):
+        sns.lineplot(data=d, x="bits", y="value", hue="size", hue_order=order, palette=colors, marker="o", ax=ax)
         ax.set(xscale="log", xlabel="bits per layer weight (log scale; 32 = fp32)", ylabel=metric_label(d))
         ax.set_xticks(sorted(d.bits.unique()), [str(b) for b in sorted(d.bits.unique())])
-        ax.legend(title="size")
+        ax.xaxis.set_minor_locator(ticker.NullLocator())  # only the bits evaluated are ticked
     image = per_task(data, draw, "bits")
     pivot = data.pivot_table(index=["task", "size"], columns="bits", values="value").reset_index()
-    return "## 4. Accuracy against quantization bits (no pruning)\n\n" + image + "\n\n" + table(pivot)
+    return "## 5. Accuracy against quantization bits (no pruning)\n\n" + image + "\n\n" + table(pivot)
 
 
 def pareto(d: pd.DataFrame, x: str) -> pd.DataFrame:
@@ -187,15 +335,16 @@ def pareto(d: pd.DataFrame, x: str) -> pd.DataFrame:
 
 
 def figure_frontier(rows: pd.DataFrame) -> str:
-    def draw(ax, d, order):
-        sns.scatterplot(data=d, x="bytes_zip", y="value", hue="size", hue_order=order, style="format", ax=ax, s=28)
+    def draw(ax, d, order, colors):
+        sns.scatterplot(data=d, x="bytes_zip", y="value", hue="size", hue_order=order, palette=colors,
+                        style="format", ax=ax, s=28)
         front = pareto(d, "bytes_zip")
         ax.step(front.bytes_zip, front.value, where="post", color="black", lw=1, label="Pareto frontier")
         ax.set(xscale="log", xlabel="compressed model size (bytes, zip; log scale)", ylabel=metric_label(d))
-        ax.legend(fontsize=6)
-    image = per_task(rows, draw, "frontier", width=6)
+        log_axis(ax, "x")
+    image = per_task(rows, draw, "frontier", width=5.5, legend_title=None)  # seaborn titles its size/format parts
     front = pd.concat([pareto(rows[rows.task == t], "bytes_zip") for t in sorted(rows.task.unique())])
-    return ("## 5. Accuracy against compressed size: the Pareto frontier\n\n" + image + "\n\nThe frontier:\n\n" +
+    return ("## 6. Accuracy against compressed size: the Pareto frontier\n\n" + image + "\n\nThe frontier:\n\n" +
             table(front[["task", "size", "variant", "format", "sparsity", "bits", "bytes_zip", "metric", "value",
                          "ci_low", "ci_high"]]))
 
@@ -203,188 +352,43 @@ def figure_frontier(rows: pd.DataFrame) -> str:
 def figure_latency(rows: pd.DataFrame) -> str:
     data = rows[rows.latency_ms.notna()]
     if data.empty:
-        return "## 6. Accuracy against latency\n\nNo timed variants."
+        return "## 7. Accuracy against latency\n\nNo timed variants."
 
-    def draw(ax, d, order):
-        sns.scatterplot(data=d, x="latency_ms", y="value", hue="size", hue_order=order, style="format", ax=ax, s=40)
+    def draw(ax, d, order, colors):
+        sns.scatterplot(data=d, x="latency_ms", y="value", hue="size", hue_order=order, palette=colors,
+                        style="format", ax=ax, s=40)
         ax.set(xscale="log", xlabel="latency at batch 1 (ms; log scale)", ylabel=metric_label(d))
-        ax.legend(fontsize=6)
-    image = per_task(data, draw, "latency")
-    return ("## 6. Accuracy against measured latency (deployment formats)\n\n" + image + "\n\n" +
+        log_axis(ax, "x")
+    image = per_task(data, draw, "latency", legend_title=None)
+    return ("## 7. Accuracy against measured latency (deployment formats)\n\n" + image + "\n\n" +
             table(data[["task", "size", "variant", "format", "value", "latency_ms", "throughput", "throughput_unit",
                         "threads", "hardware"]]))
 
 
-# ---------------------------------------------------------------- verdicts
-
-def loss_at(curve: pd.DataFrame, x: str, at: float) -> float:
-    curve = curve.sort_values(x)
-    return float(np.interp(at, curve[x], curve.valid_loss))
-
-
-def verdict_wallclock(mlm: pd.DataFrame, tolerance: float):
-    claim = "(a) larger models reach a lower validation loss at the same wall-clock"
-    at = mlm.groupby("size").seconds.max().min()
-    evidence, outcomes = [], []
-    for title, names in sweeps(mlm).items():
-        if len(names) < 2:
-            continue
-        losses = [loss_at(mlm[mlm["size"] == n], "seconds", at) for n in names]
-        evidence.append(f"{title}, loss (bits) at {at:.0f} s: " + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, losses)))
-        outcomes.append(ordered(losses, tolerance))
-    if not evidence:
-        return claim, "inconclusive", "no depth or width sweep has two sizes"
-    return claim, combine(outcomes), "; ".join(evidence) + f" (differences under {tolerance} bits count as ties)"
-
-
-def verdict_updates(mlm: pd.DataFrame):
-    claim = "(b) larger models need fewer updates to reach a given loss"
-    target = mlm.groupby("size").valid_loss.min().max()  # the best loss every size reached
-    evidence, outcomes = [], []
-    for title, names in sweeps(mlm).items():
-        if len(names) < 2:
-            continue
-        needed = [int(mlm[(mlm["size"] == n) & (mlm.valid_loss <= target)].updates.min()) for n in names]
-        evidence.append(f"{title}, updates to reach {target:.3f} bits: " +
-                        ", ".join(f"{n} {u}" for n, u in zip(names, needed)))
-        outcomes.append(ordered(needed, 0))
-    if not evidence:
-        return claim, "inconclusive", "no depth or width sweep has two sizes"
-    return claim, combine(outcomes), "; ".join(evidence) + " (resolution: one validation interval)"
+def pretraining_control(rows: pd.DataFrame, control: pd.DataFrame) -> str:
+    """Each control size's dense score from random initialisation against the pretrained one's."""
+    title = "## 8. Does pretraining help?\n\n"
+    if control.empty:
+        return title + ("The control was not run: no size was fine-tuned from random initialisation, so "
+                        "nothing here says whether the GLUE scores owe anything to pretraining.")
+    keys = ["task", "size", "metric", "split"]
+    dense = [d[(d.format == "fairseq fp32") & (d.target_sparsity == 0)][keys + ["value", "ci_low", "ci_high"]]
+             for d in (rows, control)]
+    pairs = dense[0].merge(dense[1], on=keys, suffixes=("", "_random"))
+    if pairs.empty:
+        return title + "No control row matches a pretrained dense variant (same task, size, metric and split)."
+    lines = ["| task | size | metric | pretrained [95% CI] | random init [95% CI] | verdict |",
+             "|---|---|---|---|---|---|"]
+    for r in pairs.itertuples():
+        pre, rnd = (r.value, r.ci_low, r.ci_high), (r.value_random, r.ci_low_random, r.ci_high_random)
+        lines.append(f"| {r.task} | {r.size} | {r.metric} | {pre[0]:.4g} [{pre[1]:.4g}, {pre[2]:.4g}] | "
+                     f"{rnd[0]:.4g} [{rnd[1]:.4g}, {rnd[2]:.4g}] | {verdict_pretraining(pre, rnd)} |")
+    return title + ("The control sizes were fine-tuned from random initialisation under the same budget and "
+                    "evaluated dense (fairseq fp32) on the same split. One side is better only if each score "
+                    "lies outside the other's 95% interval.\n\n" + "\n".join(lines))
 
 
-def ordered(values: list, tolerance: float) -> str:
-    """'holds' if values fall as size grows (each step by more than tolerance), 'does not hold' if they
-    rise, 'inconclusive' otherwise. `values` are ordered from the smallest size to the largest."""
-    steps = np.diff(values)
-    if np.all(steps < -tolerance):
-        return "holds"
-    if np.all(steps > tolerance) or values[-1] - values[0] > tolerance:
-        return "does not hold"
-    return "inconclusive"
-
-
-def combine(outcomes: list) -> str:
-    """One verdict over the sweeps: a claim about all sizes holds only if every sweep shows it; one
-    sweep that shows the opposite beyond tolerance, with none showing it, refutes it."""
-    if outcomes and all(o == "holds" for o in outcomes):
-        return "holds"
-    if "does not hold" in outcomes and "holds" not in outcomes:
-        return "does not hold"
-    return "inconclusive"
-
-
-def verdict_robustness(rows: pd.DataFrame):
-    """Per task: accuracy drop of the largest and the smallest size that learned the task (beat constant
-    prediction: a model that did not has nothing to lose) at each compression setting; a drop difference
-    counts only where it exceeds the two confidence half-widths combined."""
-    claim = "(c) larger models lose less accuracy under the same pruning and quantization"
-    wins = losses = ties = 0
-    dense_scores, left_out = [], []
-    for task in sorted(rows.task.unique()):
-        d = rows[(rows.task == task) & rows.format.isin(["fairseq fp32", "simulated k-bit"])]
-        dense = {size: d[(d["size"] == size) & (d.variant == "s0.00-fp32")].iloc[0] for size in size_order(d)}
-        dense_scores += [f"{task} {size} {r.value:.3g}" for size, r in dense.items()]
-        at_constant = [size for size, r in dense.items() if not learned(r)]
-        if at_constant:
-            left_out.append(f"{task} {', '.join(at_constant)} (constant prediction: "
-                            f"{next(iter(dense.values())).constant_score:.3g})")
-        compared = [size for size in dense if size not in at_constant]
-        if len(compared) < 2:
-            continue
-        drop = {}
-        for name in (compared[0], compared[-1]):
-            drop[name] = {(r.target_sparsity, r.bits): (dense[name].value - r.value, (r.ci_high - r.ci_low) / 2)
-                          for r in d[d["size"] == name].itertuples() if r.variant != "s0.00-fp32"}
-        small, large = drop[compared[0]], drop[compared[-1]]
-        for key in small.keys() & large.keys():
-            (ds, hs), (dl, hl) = small[key], large[key]
-            margin = np.hypot(hs, hl)
-            wins += ds - dl > margin
-            losses += dl - ds > margin
-            ties += abs(ds - dl) <= margin
-    verdict = "holds" if wins > losses and wins > ties else \
-        "does not hold" if losses > wins and losses > ties else "inconclusive"
-    return claim, verdict, (f"largest vs smallest size that beat constant prediction, over every (task, sparsity, "
-                            f"bits): the larger lost less in {wins}, more in {losses}, within the confidence "
-                            f"intervals in {ties}; dense scores: " + ", ".join(dense_scores)
-                            + (f"; left out, no better than constant prediction: {'; '.join(left_out)}"
-                               if left_out else ""))
-
-
-def learned(row) -> bool:
-    """Whether a variant beats the best input-ignoring predictor beyond its confidence interval (always
-    true where there is no such baseline, as for BLEU)."""
-    return pd.isna(row.constant_score) or row.ci_low > row.constant_score
-
-
-def verdict_equal_size(rows: pd.DataFrame):
-    """For each dense model's compressed size as a budget: is the best variant within it from a larger
-    model, and better than the best dense model within it beyond the confidence intervals?"""
-    claim = ("(d) at equal compressed size the best variant comes from a larger model than the best "
-             "uncompressed model of that size")
-    wins = losses = ties = 0
-    evidence = []
-    for task in sorted(rows.task.unique()):
-        d = rows[rows.task == task]
-        dense = d[(d.format == "fairseq fp32") & (d.target_sparsity == 0)]
-        for budget in sorted(dense.bytes_zip):
-            best_dense = dense[dense.bytes_zip <= budget].sort_values("value").iloc[-1]
-            best = d[d.bytes_zip <= budget].sort_values("value").iloc[-1]
-            if best["size"] == best_dense["size"] or best.parameters <= best_dense.parameters:
-                ties += 1
-                continue
-            margin = np.hypot((best.ci_high - best.ci_low) / 2, (best_dense.ci_high - best_dense.ci_low) / 2)
-            gain = best.value - best_dense.value
-            wins += gain > margin
-            ties += gain <= margin
-            evidence.append(f"{task} at {budget / 1e6:.1f} MB: {best['size']} {best.variant} {best.value:.1f} vs "
-                            f"dense {best_dense['size']} {best_dense.value:.1f}")
-    verdict = "holds" if wins and wins >= ties else "does not hold" if not wins and not evidence else "inconclusive"
-    return claim, verdict, (f"budgets where a compressed larger model won beyond the CIs: {wins} of {wins + ties + losses}"
-                            + (": " + "; ".join(evidence[:6]) if evidence else ""))
-
-
-# ---------------------------------------------------------------- recommendation and environment
-
-def recommendation(rows: pd.DataFrame, cfg) -> str:
-    lines = ["## Recommendation", "",
-             f"Deployment limit from params (`report.max_bytes` {cfg.max_bytes}, `report.max_latency_ms` "
-             f"{cfg.max_latency_ms}); the training budget is the one this run used.", ""]
-    for task in sorted(rows.task.unique()):
-        d = rows[rows.task == task]
-        if cfg.max_bytes is not None:
-            d = d[d.bytes_zip <= cfg.max_bytes]
-        if cfg.max_latency_ms is not None:
-            d = d[d.latency_ms.notna() & (d.latency_ms <= cfg.max_latency_ms)]
-        if d.empty:
-            lines.append(f"- **{task}**: no measured variant meets the limit.")
-            continue
-        beats_constant = d.apply(learned, axis=1)
-        if not beats_constant.any():
-            best = d.sort_values(["value", "bytes_zip"], ascending=[False, True]).iloc[0]
-            lines.append(f"- **{task}**: nothing to ship: no variant beats constant prediction "
-                         f"({best.metric} {best.constant_score:.2f} on these examples) beyond its confidence "
-                         f"interval; the best, {best['size']} {best.variant}, scores {best.value:.2f} "
-                         f"[{best.ci_low:.2f}, {best.ci_high:.2f}]. Train longer or on more data.")
-            continue
-        d = d[beats_constant]
-        best = d.sort_values(["value", "bytes_zip"], ascending=[False, True]).iloc[0]
-        # variants whose score lies inside the best one's confidence interval are as good, as far as we know
-        close = d[(d.value >= best.ci_low) & (d.variant + d["size"] != best.variant + best["size"])]
-        smaller = close[close.bytes_zip < best.bytes_zip]
-        smallest = smaller.sort_values("bytes_zip").iloc[0] if not smaller.empty else None
-        lines.append(f"- **{task}**: train **{best['size']}**, ship **{best.variant}** ({best.format}, sparsity "
-                     f"{best.sparsity:.2f}, {best.bits} bits): {best.metric} {best.value:.2f} "
-                     f"[{best.ci_low:.2f}, {best.ci_high:.2f}], {best.bytes_zip / 1e6:.2f} MB zipped"
-                     + (f", {best.latency_ms:.2f} ms at batch 1" if pd.notna(best.latency_ms) else "") + ". "
-                     + (f"{len(close)} other variants score within its confidence interval"
-                        + (f"; the smallest of them is {smallest['size']} {smallest.variant} "
-                           f"({smallest.bytes_zip / 1e6:.2f} MB, {smallest.metric} {smallest.value:.2f})."
-                           if smallest is not None else ", none of them smaller.")
-                        if len(close) else "No other variant scores within its confidence interval."))
-    return "\n".join(lines)
-
+# ---------------------------------------------------------------- environment
 
 def environment(params, variants: pd.DataFrame) -> str:
     versions = {}

@@ -179,7 +179,7 @@ class Budget(Strict):
 
 class Training(Strict):
     device: Literal["auto", "cpu", "cuda"]
-    precision: Literal["fp16", "bf16", "fp32"]   # on CUDA; CPU always trains in fp32
+    precision: Literal["auto", "fp16", "bf16", "fp32"]  # auto: fp16 on CUDA, bf16 on a CPU with bf16 matmuls
     world_size: int = Field(ge=1)                # data-parallel ranks, launched with torchrun
     threads: int | None = Field(ge=1)            # CPU threads (null: torch's default)
     seed: int = Field(ge=0)
@@ -189,11 +189,19 @@ class Optimization(Strict):
     budget: Budget
     max_tokens: int = Field(ge=16)               # batch size in tokens
     lr: float = Field(gt=0, le=1)
+    lr_schedule: Literal["linear", "inverse_sqrt"]  # linear: decays to end_lr as the budget is spent
+    end_lr: float = Field(ge=0)                  # linear only
     warmup_updates: int = Field(ge=0)
     dropout: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0)
     validate_every: int = Field(ge=1)            # updates between validation points of the curve
     valid_batches: int = Field(ge=1)             # batches per validation (a fixed slice of valid)
+
+    @model_validator(mode="after")
+    def _end_below_peak(self):
+        if self.end_lr > self.lr:
+            raise ValueError(f"end_lr {self.end_lr} is above lr {self.lr}: the schedule decays to end_lr")
+        return self
 
 
 class Pretrain(Optimization):
@@ -204,6 +212,7 @@ class Pretrain(Optimization):
 
 class Finetune(Optimization):
     batch_size: int = Field(ge=1)                # sentences
+    random_init_sizes: list[str]                 # the control: also fine-tuned from random initialisation
 
 
 class TrainMt(Optimization):
@@ -241,6 +250,13 @@ class Compress(Strict):
                     raise ValueError(f"{key}.{i}: sparsity {s} is outside [0, 1)")
             if len(set(values)) != len(values):
                 raise ValueError(f"{key}: values are listed twice: {values}")
+            # each sparsity names its variants' directories to two decimals (s0.50-q8): two that round
+            # alike would collide mid-run
+            names = [f"{s:.2f}" for s in values]
+            clash = sorted({n for n in names if names.count(n) > 1})
+            if clash:
+                raise ValueError(f"{key}: {values} give variants the same name (sparsity to two decimals: "
+                                 f"{clash}); keep values at least 0.01 apart")
         for i, b in enumerate(self.bits):
             if not 2 <= b <= 16:
                 raise ValueError(f"bits.{i}: {b} is outside 2..16")
@@ -300,6 +316,10 @@ class Params(Strict):
                     raise ValueError(f"{key}.{i}: '{name}' is not a size in models; known: {sorted(grid)}")
             if len(set(names)) != len(names):
                 raise ValueError(f"{key}: sizes are listed twice: {names}")
+        for i, name in enumerate(self.finetune.random_init_sizes):
+            if name not in self.pretrain.sizes:
+                raise ValueError(f"finetune.random_init_sizes.{i}: '{name}' is not one of pretrain.sizes "
+                                 f"{self.pretrain.sizes}")
         return self
 
     @model_validator(mode="after")

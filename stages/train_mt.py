@@ -12,8 +12,8 @@ Usage: python -m stages.train_mt SIZE
 import json
 from pathlib import Path
 
-from stages.lib import (budget_flags, device_flags, launch_data_parallel, load_params, non_embedding_params,
-                        run_stage, schedule_flags, size_arg, train_and_export)
+from stages.lib import (budget_flags, device_flags, launch_data_parallel, load_params, model_non_embedding_params,
+                        non_embedding_params, run_stage, schedule_flags, size_arg, train_and_export)
 
 DATA = Path("data/bin/mt")
 
@@ -27,7 +27,7 @@ def main(argv):
     args, flops_of_sample = training_args(params, name)
     train_and_export("train_mt", name, Path("models/mt") / name, args, flops_of_sample, keep="best",
                      summary={"size": name, **size.model_dump(),
-                              "non_embedding_parameters": non_embedding_params(size) + non_embedding_params(size, True),
+                              "non_embedding_parameters": model_non_embedding_params(size, "mt"),
                               "source": tr.source, "target": tr.target, "budget": cfg.budget.model_dump()})
 
 

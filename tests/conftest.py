@@ -109,6 +109,7 @@ def build_mirror(root: Path) -> dict:
 def tiny_params(catalog: dict) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["datasets"] = catalog
+    params["data"]["glue_tasks"] = ["sst2", "rte"]  # a single sentence and a pair task
     params["prepare_mlm"]["vocab_size"] = 200
     params["prepare_mt"]["vocab_size"] = 200
     return params
@@ -157,7 +158,8 @@ def tiny_training(p, pretrain_updates=12, finetune_updates=60, mt_updates=12):
                          tokens_per_sample=32, max_tokens=256, warmup_updates=2, lr=0.002,
                          validate_every=4, valid_batches=2)
     p["finetune"].update(budget={"seconds": None, "updates": finetune_updates}, batch_size=8, lr=0.004,
-                         warmup_updates=2, dropout=0.0, weight_decay=0.0, validate_every=15, valid_batches=4)
+                         warmup_updates=2, dropout=0.0, weight_decay=0.0, validate_every=15, valid_batches=4,
+                         random_init_sizes=[])
     p["train_mt"].update(sizes=["T1", "T2"], budget={"seconds": None, "updates": mt_updates}, max_tokens=256,
                          warmup_updates=2, lr=0.002, validate_every=4, valid_batches=2)
 

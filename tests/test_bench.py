@@ -33,8 +33,21 @@ def test_quick_benchmark_writes_json_and_markdown(in_trained_project):
 
     [train] = result["training"]
     assert train["size"] == "T1"
-    assert positive(train["ratio"], *(train[loop][k] for loop in ("fairseq", "transformers")
+    assert positive(train["ratio"], *(train[loop][k] for loop in ("fairseq", "fairseq_bf16", "transformers")
                                       for k in ("tokens_per_s", "peak_rss_mb", "updates_timed")))
+    # on CPU fairseq is timed in fp32 and in the stages' bf16: autocast around fp32 weights, not fairseq's --bf16
+    assert result["settings"]["training_precision"] == "fp32+bf16" and train["precisions"] == ["fp32", "bf16"]
+    assert [train[k]["precision"] for k in ("fairseq", "fairseq_bf16", "transformers")] == ["fp32", "bf16", "fp32"]
+    assert not train["fairseq"]["autocast_bf16"] and train["fairseq_bf16"]["autocast_bf16"]
+    assert train["fairseq"]["weights_dtype"] == train["fairseq_bf16"]["weights_dtype"] == ["float32"]
+    assert train["tokens_per_s"] == {"fp32": train["fairseq"]["tokens_per_s"],
+                                     "bf16": train["fairseq_bf16"]["tokens_per_s"]}
+    assert positive(train["bf16_speedup"]) and train["cpu_flags"] == result["hardware"]["cpu_flags"]
+    bf16_target = train["target_bf16"]  # T1 is the largest size benchmarked
+    if {"avx512_bf16", "amx_bf16"} & set(result["hardware"]["cpu_flags"]):
+        assert bf16_target["pass"] in (True, False) and bf16_target["margin"] == round(train["bf16_speedup"] - 1.5, 4)
+    else:
+        assert bf16_target["pass"] is None and bf16_target["note"] == "not applicable: no bf16 instructions"
 
     [glue] = result["deployment"]["glue"]  # T1-rte was never fine-tuned: skipped
     [mt] = result["deployment"]["mt"]
@@ -55,11 +68,14 @@ def test_quick_benchmark_writes_json_and_markdown(in_trained_project):
     assert positive(probe["train_steps_s"], probe["startup_s"], probe["budget_clock_s"])
     assert probe["train_steps_s"] < probe["wall_s"] and 0 < probe["utilisation"] < 1
 
-    assert len(result["memory"]) == 2 + 6 and all(positive(m["peak_rss_mb"]) for m in result["memory"])
+    assert len(result["memory"]) == 3 + 6 and all(positive(m["peak_rss_mb"]) for m in result["memory"])
     assert all({"name", "value", "goal", "pass", "margin"} <= set(t) for t in result["targets"])
     assert {t["pass"] for t in result["targets"]} <= {True, False, None}
     markdown = Path("reports/bench.md").read_text()
     assert "## Targets" in markdown and "## Training throughput" in markdown and "mt-T1" in markdown
+    assert "| size | fp32 tokens/s | bf16 tokens/s | bf16 / fp32 | target |" in markdown
+    assert "training tokens/s, bf16 / fp32, T1 (largest size)" in markdown
+    assert f"on cpu ({result['hardware']['cpu']}" in markdown  # the training figures name the CPU and its flags
 
     from bench import ort_profile
     profiled = ort_profile.main(["T1-sst2", "--repeats", "2", "--threads", "1", "--batch", "4"])
@@ -67,3 +83,20 @@ def test_quick_benchmark_writes_json_and_markdown(in_trained_project):
         assert positive(profiled[fmt]["wall_ms"], profiled[fmt]["wall_spinning_ms"], *profiled[fmt]["ops"].values())
     quantized = [[op for op in profiled[fmt]["ops"] if "Integer" in op or "Quant" in op] for fmt in ("fp32", "int8")]
     assert quantized[1] and not quantized[0]  # int8 kernels in the int8 model only
+
+
+def test_bf16_target_needs_bf16_instructions_and_two_precisions():
+    from bench.report import add_targets
+
+    def target(speedup, flags, device="cpu"):
+        results = {"hardware": {"cpu_flags": flags}, "settings": {"largest_size": "B", "training_device": device},
+                   "training": [{"size": s, "ratio": 1.0, "bf16_speedup": speedup if s == "B" else 9.0}
+                                for s in ("A", "B")]}
+        [t] = [t for t in add_targets(results) if "bf16" in t["name"]]
+        assert t["name"] == "training tokens/s, bf16 / fp32, B (largest size)" and t["goal"] == ">= 1.5"
+        return t["pass"], t["margin"], t["note"]
+
+    assert target(2.0, ["avx2", "avx512_bf16"]) == (True, 0.5, "")
+    assert target(1.2, ["avx2", "amx_bf16"]) == (False, -0.3, "")
+    assert target(1.2, ["avx2", "avx512f"]) == (None, None, "not applicable: no bf16 instructions")
+    assert target(None, [], "cuda") == (None, None, "not applicable: cuda trains in one precision only")

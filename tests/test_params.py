@@ -22,7 +22,7 @@ def invalid(tmp_path, edit) -> str:
 def test_default_params_are_valid():
     params = load_params(REPO / "params.yaml")
     assert params.data.corpus == "wikitext2"
-    assert params.data.glue_tasks == ["sst2", "rte"]
+    assert params.data.glue_tasks == ["sst2"]
     assert (params.data.translation.source, params.data.translation.target) == ("en", "fr")
 
 
@@ -130,3 +130,18 @@ def test_recovery_takes_seconds_or_updates_not_both(tmp_path):
 def test_a_glue_task_declares_metrics_and_labels_that_fit_together(tmp_path, task, edit, message):
     msg = invalid(tmp_path, lambda p: edit(p["datasets"][task]))
     assert f"datasets.{task}: {message}" in msg
+
+
+def test_control_sizes_must_be_pretrained_sizes(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["finetune"].update(random_init_sizes=["L9-H999"]))
+    assert "finetune.random_init_sizes.0: 'L9-H999' is not one of pretrain.sizes" in msg
+
+
+def test_end_lr_above_the_peak_is_refused(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["pretrain"].update(lr=0.001, end_lr=0.01))
+    assert "end_lr 0.01 is above lr 0.001" in msg
+
+
+def test_sparsities_that_name_the_same_variant_are_refused(tmp_path):
+    msg = invalid(tmp_path, lambda p: p["compress"].update(sparsities=[0.0, 0.5, 0.501]))
+    assert "compress" in msg and "give variants the same name" in msg and "['0.50']" in msg

@@ -1,5 +1,6 @@
 """Budgeted training on tiny models: curves, repeatability, kill-and-resume, NaN and memory faults."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -301,3 +302,66 @@ def test_cuda_precision_flags_train_every_stage_with_fairseqs_mixed_precision_tr
         assert dtypes == {torch.float32}, (curve_file, dtypes)  # what pruning and ONNX export expect
     pretrain_losses = [float(r["valid_loss"]) for r in read_curve("reports/curves/pretrain-T1.csv")]
     assert pretrain_losses[-1] < pretrain_losses[0]
+
+
+def test_cpu_bf16_trains_under_autocast_and_its_checkpoint_loads_in_fp32(prepared, monkeypatch):
+    """On a CPU, --bf16 means autocast: the matmuls of every train step in bfloat16, while the weights,
+    the optimizer and so the exported checkpoint stay fp32 (pruning and evaluation read them as such)."""
+    set_params(prepared, lambda p: p["training"].update(precision="bf16"))
+    from fairseq.criterions.masked_lm import MaskedLmLoss
+    forward, autocast_seen = MaskedLmLoss.forward, []
+
+    def recording(self, model, sample, reduce=True):
+        autocast_seen.append(torch.is_autocast_enabled("cpu") and model.training)
+        return forward(self, model, sample, reduce)
+
+    monkeypatch.setattr(MaskedLmLoss, "forward", recording)
+    pretrain.main(["T1"])
+    assert any(autocast_seen) and not all(autocast_seen)  # train steps under autocast; validation not
+    curve = read_curve("reports/curves/pretrain-T1.csv")
+    assert float(curve[-1]["valid_loss"]) < float(curve[0]["valid_loss"])
+    weights = load_checkpoint(Path("models/pretrain/T1/checkpoint.pt"))["model"]
+    assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+    summary = json.loads(Path("models/pretrain/T1/summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["hardware"]
+
+
+def test_auto_precision_follows_the_cpus_bf16_instructions():
+    from stages.lib import training_precision
+    from stages.schema import Training
+    auto = Training(device="cpu", precision="auto", world_size=1, threads=None, seed=1)
+    assert training_precision(auto, cpu_flags=["avx2", "avx512f", "avx512_bf16"]) == "bf16"
+    assert training_precision(auto, cpu_flags=["avx2", "amx_bf16"]) == "bf16"
+    assert training_precision(auto, cpu_flags=["avx2", "avx512f", "avx512_vnni"]) == "fp32"
+    with pytest.raises(StageError, match="fp16 trains on CUDA only"):
+        training_precision(auto.model_copy(update={"precision": "fp16"}))
+
+
+def test_linear_schedule_ends_at_its_end_lr_exactly_when_an_update_budget_is_spent(prepared):
+    set_params(prepared, lambda p: p["pretrain"].update(lr_schedule="linear", lr=0.002, end_lr=0.0001,
+                                                         warmup_updates=2))
+    pretrain.main(["T1"])
+    lrs = [float(r["lr"]) for r in read_curve("reports/curves/pretrain-T1.csv")]  # after updates 4, 8, 12
+    # warm-up done after 2 updates: then 0.002 * (1 - spent) + 0.0001 * spent, spent = updates / 12
+    assert lrs == pytest.approx([0.002 * (1 - u / 12) + 0.0001 * u / 12 for u in (4, 8, 12)], rel=1e-3)
+    assert lrs[-1] == pytest.approx(0.0001, rel=1e-3)
+
+
+def test_linear_schedule_of_a_time_budget_decays_with_the_seconds_spent(prepared):
+    budget, peak = 8.0, 0.002
+    set_params(prepared, lambda p: p["pretrain"].update(lr_schedule="linear", lr=peak, end_lr=0.0,
+                                                         warmup_updates=2, budget={"seconds": budget, "updates": None}))
+    pretrain.main(["T1"])
+    curve = read_curve("reports/curves/pretrain-T1.csv")
+    points = [(float(r["seconds"]), float(r["lr"])) for r in curve]
+    # each point's rate is the peak scaled by the budget left (the point's seconds: validation included)
+    for seconds, lr in points[:-1]:
+        assert lr == pytest.approx(peak * max(0.0, 1 - seconds / budget), abs=0.15 * peak), points
+    assert points[-1][1] <= 0.05 * peak, points  # ends near end_lr when the budget is spent
+
+
+def test_budget_fraction_is_whichever_budget_bounds_the_run():
+    from stages.schedule import budget_fraction
+    assert budget_fraction(50, 0.0, max_update=100, stop_time_hours=0) == 0.5
+    assert budget_fraction(10, 1800.0, max_update=0, stop_time_hours=1.0) == 0.5
+    assert budget_fraction(200, 0.0, max_update=100, stop_time_hours=0) == 1.0
