@@ -42,8 +42,10 @@ def parse(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
-    from stages import hardware
-    from stages.lib import StageError, load_params, non_embedding_params
+    from lib import hardware
+    from lib.errors import StageError
+    from lib.model_size import non_embedding_params
+    from lib.params import load_params
     params = load_params()
     unknown = [s for s in args.sizes or [] if s not in params.models.mlm and s not in params.models.mt]
     if unknown:
@@ -59,7 +61,7 @@ def main(argv=None):
     if quick:
         memory.preload(PRELOAD)
     started, load_average = time.time(), os.getloadavg()[0]
-    device = "cuda" if gpu() and params.training.device != "cpu" else "cpu"  # as stages.lib.device_flags picks
+    device = "cuda" if gpu() and params.training.device != "cpu" else "cpu"  # as lib.devices.device_flags picks
     results = {
         "command": " ".join(["python -m bench", *argv]),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -143,5 +145,5 @@ def versions() -> dict:
 
 
 if __name__ == "__main__":
-    from stages.lib import run_stage
+    from lib.stage import run_stage
     run_stage(main)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from bench.memory import in_child
 
-FORMATS = {"pytorch_fp32": "s0.00-fp32", "onnx_fp32": "onnx-s0.00-fp32", "onnx_int8": "onnx-s0.00-int8"}
+from lib.variants import DENSE, variant_name
+
+FORMATS = {"pytorch_fp32": DENSE, "onnx_fp32": variant_name(0.0, 32, "fp32"), "onnx_int8": variant_name(0.0, 8, "int8")}
 
 
 def run_glue(sizes: list, tasks: list, overrides: dict) -> list:
@@ -80,9 +82,11 @@ def build_glue(source: str, task: str, out: str) -> dict:
     """What stages.compress writes for sparsity 0, from the fine-tuned checkpoint: the fairseq fp32
     variant (no weights replaced) and the ONNX fp32 and int8 models."""
     import torch
-    from stages.compress import VARIANT_FILE, WEIGHTS_FILE, class_labels
-    from stages.hf_roberta import export_onnx_classifier, save_transformers_classifier
-    from stages.lib import load_checkpoint, write_json
+    from lib.glue_task import class_labels
+    from lib.variants import FAIRSEQ_FP32, VARIANT_FILE, WEIGHTS_FILE
+    from lib.hf_roberta import export_onnx_classifier, save_transformers_classifier
+    from lib.checkpoints import load_checkpoint
+    from lib.files import write_json
     out = Path(out)
     with tempfile.TemporaryDirectory() as hf_dir:
         save_transformers_classifier(load_checkpoint(Path(source)), Path("data/bin/mlm/spm.model"),
@@ -91,14 +95,14 @@ def build_glue(source: str, task: str, out: str) -> dict:
     dense = out / FORMATS["pytorch_fp32"]
     dense.mkdir()
     torch.save({}, dense / WEIGHTS_FILE)
-    write_json(dense / VARIANT_FILE, {"format": "fairseq fp32", "target_sparsity": 0.0, "source": source})
+    write_json(dense / VARIANT_FILE, {"format": FAIRSEQ_FP32, "target_sparsity": 0.0, "source": source})
     return {}
 
 
 def evaluate_cfg(overrides: dict):
     """params.yaml's `evaluate` section with the benchmark's overrides, and torch's threads set to it."""
     import torch
-    from stages.lib import load_params
+    from lib.params import load_params
     params = load_params()
     cfg = params.evaluate.model_copy(update=overrides)
     torch.set_num_threads(cfg.threads)
@@ -106,7 +110,7 @@ def evaluate_cfg(overrides: dict):
 
 
 def glue_format(variant: str, task: str, fmt: str, overrides: dict) -> dict:
-    from stages.compress import VARIANT_FILE
+    from lib.variants import VARIANT_FILE
     from stages.evaluate import GlueEval
     params, cfg = evaluate_cfg(overrides)
     evaluator, variant = GlueEval(cfg, task, params.datasets[task].metrics), Path(variant)
@@ -120,7 +124,7 @@ def glue_format(variant: str, task: str, fmt: str, overrides: dict) -> dict:
 
 
 def mt_format(variant: str, fmt: str, overrides: dict) -> dict:
-    from stages.compress import VARIANT_FILE
+    from lib.variants import VARIANT_FILE
     from stages.evaluate import TranslationEval
     params, cfg = evaluate_cfg(overrides)
     evaluator, variant = TranslationEval(cfg, params.data.translation), Path(variant)

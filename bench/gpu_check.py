@@ -140,11 +140,11 @@ def pipeline_project(root: Path, run: str) -> Path:
     def edit(p):
         if run == "cpu":
             tiny_training(p)  # T1 and T2, update budgets, one thread
-            p["compress"]["recovery"] = {"seconds": None, "updates": p["finetune"]["validate_every"]}
+            p["compress"]["recovery"] = {"seconds": None, "updates": p["finetune"]["recipe"]["validate_every"]}
         else:
             p["training"].update(device="cuda", precision=run, world_size=1)
             for stage, seconds in (("pretrain", 15), ("finetune", 10), ("train_mt", 15)):
-                p[stage]["budget"] = {"seconds": seconds, "updates": None}
+                p[stage]["recipe"]["budget"] = {"seconds": seconds, "updates": None}
             p["compress"]["recovery"] = {"seconds": 5, "updates": None}  # recovery trains on the GPU as well
         p["data"]["glue_tasks"] = p["data"]["glue_tasks"][:1]
         p["pretrain"]["sizes"] = p["pretrain"]["sizes"][:1]
@@ -191,7 +191,7 @@ def checkpoint(project: Path, path: Path, run: str) -> dict:
     """Loads on CPU with the stages' own (weights-only) loader; fp32 and finite weights; and fairseq's
     recorded flags say it trained where and in the precision this run asked for."""
     import torch
-    from stages.lib import load_checkpoint
+    from lib.checkpoints import load_checkpoint
     found = {"checkpoint": str(path)}
     try:
         state = load_checkpoint(project / path)
@@ -229,13 +229,14 @@ def benchmark_project(root: Path, dry_run: bool, copies: int) -> Path:
     paper = yaml.safe_load((REPO / "profiles/paper.yaml").read_text())
 
     def edit(p):
-        from stages.lib import sha256sum
+        from lib.files import sha256sum
         p["datasets"]["wikitext2"]["files"]["wikitext-2-v1.zip"]["sha256"] = sha256sum(corpus)
         if dry_run:
             tiny_training(p)
         else:
             p["models"]["mlm"] = paper["models"]["mlm"]
-            p["pretrain"].update(paper["pretrain"])
+            p["pretrain"]["sizes"] = paper["pretrain"]["sizes"]
+            p["pretrain"]["recipe"].update(paper["pretrain"]["recipe"])
             p["training"].update(paper["training"])
     set_params(project, edit)
     return project

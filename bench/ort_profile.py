@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stages.compress import variant_name
+from lib.variants import COMPRESSED_DIR, variant_name
 
 
 def session(onnx_file: Path, threads: int, spinning: bool, profile_dir: str | None = None):
@@ -54,8 +54,10 @@ def wall_ms(onnx_file: Path, feed: dict, threads: int, repeats: int, spinning: b
 
 
 def main(argv=None):
-    from stages.evaluate import read_tsv_rows
-    from stages.lib import StageError, load_params
+    from lib.glue import read_tsv
+    from lib.glue_task import GLUE_DATA, glue_meta
+    from lib.errors import StageError
+    from lib.params import load_params
     params = load_params()
     parser = argparse.ArgumentParser(prog="python -m bench.ort_profile", description=__doc__.split("\n")[0])
     parser.add_argument("model", nargs="?", default=f"{params.pretrain.sizes[-1]}-{params.data.glue_tasks[0]}",
@@ -66,16 +68,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from transformers import AutoTokenizer
-    root = Path("models/compressed") / args.model
+    root = COMPRESSED_DIR / args.model
     dirs = {fmt: root / variant_name(args.sparsity, bits, fmt) for fmt, bits in (("fp32", 32), ("int8", 8))}
     missing = [str(d) for d in dirs.values() if not any(d.glob("*.onnx"))]
     if missing:
         raise StageError(f"no ONNX model in {missing}: run `dvc repro` first (compress.onnx_sparsities "
                          f"must list {args.sparsity})")
     task = json.loads((dirs["fp32"] / "variant.json").read_text())["task"]
-    meta = json.loads((Path("data/bin/glue") / task / "meta.json").read_text())
+    meta = glue_meta(task)
     columns = ["sentence1", "sentence2"] if meta["pair"] else ["sentence1"]
-    rows = read_tsv_rows(Path("data/bin/glue") / task / f"{meta['fairseq_splits']['valid']}.tsv")[: args.batch]
+    rows = read_tsv(GLUE_DATA / task / f"{meta['fairseq_splits']['valid']}.tsv", meta)[: args.batch]
     tokenizer = AutoTokenizer.from_pretrained(dirs["fp32"])
     texts = [[r[c] for r in rows] for c in columns]
     started = time.perf_counter()
@@ -108,5 +110,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from stages.lib import run_stage
+    from lib.stage import run_stage
     run_stage(main)

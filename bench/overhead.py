@@ -3,7 +3,7 @@
 - No-op `dvc repro`: timed only while `dvc status` (checked before every run) reports the whole pipeline
   up to date, so it can only skip stages; otherwise reported as skipped with the reason.
 - Budget utilisation of each training stage: see UTILISATION_METHOD.
-- Start-up: `python -c "import stages.lib, fairseq, torch"` (what every training stage imports) and
+- Start-up: `python -c "import lib.harness, fairseq, torch"` (what every training stage imports) and
   `python -m stages.<x> --bad-args` (exits with a usage error right after its imports and params check).
 """
 import csv
@@ -66,10 +66,10 @@ def dvc_noop(repeats: int) -> dict:
 def startup(repeats: int, modules: list, imports: bool = True) -> dict:
     result = {"import_stages_fairseq_torch_s": None, "import_peak_rss_mb": None, "stage_bad_args_s": {}}
     if imports:
-        code = "import stages.lib, fairseq, torch; from bench.memory import peak_rss_mb; print(peak_rss_mb())"
+        code = "import lib.harness, fairseq, torch; from bench.memory import peak_rss_mb; print(peak_rss_mb())"
         runs = [command([sys.executable, "-c", code]) for _ in range(repeats)]
         if any(r[1] for r in runs):
-            raise RuntimeError(f"importing stages.lib, fairseq, torch failed: {runs[0][3][-2000:]}")
+            raise RuntimeError(f"importing lib.harness, fairseq, torch failed: {runs[0][3][-2000:]}")
         result.update(import_stages_fairseq_torch_s=round(statistics.median(r[0] for r in runs), 2),
                       import_peak_rss_mb=round(float(runs[-1][2].split()[-1]), 1))
     for module in modules:
@@ -77,7 +77,7 @@ def startup(repeats: int, modules: list, imports: bool = True) -> dict:
         if any(r[1] != 2 for r in runs):  # run_stage's exit code for a usage error
             raise RuntimeError(f"python -m stages.{module} --bad-args: exit {runs[0][1]}, not 2: {runs[0][3][-2000:]}")
         result["stage_bad_args_s"][module] = round(statistics.median(r[0] for r in runs), 2)
-    print(f"overhead: start-up: import stages.lib, fairseq, torch {result['import_stages_fairseq_torch_s']} s, "
+    print(f"overhead: start-up: import lib.harness, fairseq, torch {result['import_stages_fairseq_torch_s']} s, "
           f"stages with bad arguments {result['stage_bad_args_s']}", flush=True)
     return result
 
@@ -85,7 +85,7 @@ def startup(repeats: int, modules: list, imports: bool = True) -> dict:
 def utilisation(stage: str, argv: list, cap_seconds: float | None) -> dict:
     """Run `python -m stages.STAGE ARGV` once in a temp project; where its wall time goes."""
     params = yaml.safe_load(Path("params.yaml").read_text())
-    budget = params[stage]["budget"]
+    budget = params[stage]["recipe"]["budget"]
     if cap_seconds and budget["seconds"] and budget["seconds"] > cap_seconds:
         budget["seconds"] = cap_seconds
     section = "train_mt" if stage == "train_mt" else "pretrain"  # whose `sizes` the stage accepts SIZE from
@@ -97,6 +97,7 @@ def utilisation(stage: str, argv: list, cap_seconds: float | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp)
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        shutil.copy("datasets.yaml", project / "datasets.yaml")
         (project / "data").symlink_to(Path("data").resolve())  # only read: the prepare stages do not run
         (project / "models").mkdir()
         if stage == "finetune":  # a copy, never a link: a stage replaces its output directory

@@ -65,7 +65,7 @@ def memory_rows(results: dict) -> list:
     """Every peak RSS measured, one row per child process."""
     rows = []
     if results.get("overhead", {}).get("startup", {}).get("import_peak_rss_mb"):
-        rows.append({"what": "import stages.lib, fairseq, torch (baseline)",
+        rows.append({"what": "import lib.harness, fairseq, torch (baseline)",
                      "peak_rss_mb": results["overhead"]["startup"]["import_peak_rss_mb"]})
     for row in results.get("training", []):
         for loop in ("fairseq", *(f"fairseq_{p}" for p in row["precisions"][1:]), "transformers"):
@@ -144,7 +144,7 @@ def markdown(results: dict) -> str:
                     f"{o['dvc']['noop_repro_s']} s ({verdict(o['dvc']['target'])})\n"
                     if o["dvc"]["noop_repro_s"] is not None else f"skipped: {o['dvc']['skipped']}\n"),
                 "- start-up: " + ", ".join(
-                    ([f"`import stages.lib, fairseq, torch` {o['startup']['import_stages_fairseq_torch_s']} s"]
+                    ([f"`import lib.harness, fairseq, torch` {o['startup']['import_stages_fairseq_torch_s']} s"]
                      if o["startup"]["import_stages_fairseq_torch_s"] is not None else [])
                     + [f"`python -m stages.{m} --bad-args` {s} s" for m, s in o["startup"]["stage_bad_args_s"].items()])
                 + "\n\nBudget utilisation: " + o["method"] + "\n",

@@ -8,7 +8,7 @@ with the same optimizer (fairseq's adam is Adam with decoupled weight decay, i.e
 parameter: betas 0.9/0.98, eps 1e-6, pretrain.weight_decay, pretrain.lr), dropout and threads.
 
 Precision: on CPU fairseq trains each size twice, in fp32 and in bf16 exactly as the stages' harness does
-(stages.lib.cpu_autocast: --bf16 stripped, each train step under torch.autocast("cpu", bfloat16), so fp32
+(lib.devices.cpu_autocast: --bf16 stripped, each train step under torch.autocast("cpu", bfloat16), so fp32
 weights and optimizer with bfloat16 matmuls), giving the bf16 / fp32 speed-up; the transformers loop runs
 in fp32 only, against fairseq's fp32 run (the fairseq / transformers ratio compares like with like). On a
 GPU both loops run once, in training.precision's choice, with model FLOPs utilisation against a measured
@@ -31,22 +31,24 @@ from bench.memory import in_child
 
 def precisions(params) -> list:
     """The precisions fairseq is timed in: fp32 and bf16 on CPU, training.precision's choice on a GPU."""
-    from stages.lib import training_device, training_precision
+    from lib.devices import training_device, training_precision
     return ["fp32", "bf16"] if training_device(params.training) == "cpu" else [training_precision(params.training)]
 
 
 def run(sizes: list, warmup: int, updates: int, threads: int) -> list:
     """One row per size: row["fairseq"] and row["transformers"] in the first precision (fp32 on CPU),
     row["fairseq_bf16"] on CPU, and row["tokens_per_s"] = fairseq's tokens/s per precision."""
-    from stages import hardware
-    from stages.lib import load_params, non_embedding_params
+    from lib import hardware
+    from lib.model_size import non_embedding_params
+    from lib.params import load_params
     params = load_params()
     timed = precisions(params)
     rows = []
     for name in sizes:
         size = params.models.mlm[name]
         row = {"size": name, **size.model_dump(), "non_embedding_parameters": non_embedding_params(size),
-               "tokens_per_sample": params.pretrain.tokens_per_sample, "max_tokens": params.pretrain.max_tokens,
+               "tokens_per_sample": params.pretrain.recipe.tokens_per_sample,
+               "max_tokens": params.pretrain.recipe.max_tokens,
                "threads": threads, "precisions": timed, "cpu": hardware.cpu(), "cpu_flags": hardware.isa_flags()}
         for precision in timed:
             row[fairseq_key(precision, timed)] = {
@@ -75,10 +77,11 @@ def fairseq_loop(name: str, warmup: int, updates: int, threads: int, precision: 
     updates updates, without validation or checkpoints."""
     import torch
     from fairseq import trainer
-    from stages.lib import cpu_autocast, run_fairseq
+    from lib.devices import cpu_autocast
+    from lib.fairseq_cli import run_fairseq
 
     params, args = pipeline(name, warmup + updates, threads, precision)
-    # as stages.lib.train_with_budget: on CPU, bf16 is autocast around fairseq's fp32 model, not fairseq's
+    # as lib.harness.train_with_budget: on CPU, bf16 is autocast around fairseq's fp32 model, not fairseq's
     # --bf16 (which would cast the model itself to bfloat16 and time something the stages never run)
     args, cpu_bf16 = cpu_autocast(args)
     clock, weights = Clock("--cpu" not in args), set()
@@ -108,7 +111,7 @@ def transformers_loop(name: str, warmup: int, updates: int, threads: int, precis
 
     params, args = pipeline(name, warmup + updates, threads, precision)
     torch.set_num_threads(threads)
-    size, cfg = params.models.mlm[name], params.pretrain
+    size, cfg = params.models.mlm[name], params.pretrain.recipe
     task, batches = fairseq_batches(args)
     pad = task.source_dictionary.pad()
     cuda = "--cpu" not in args
@@ -139,22 +142,21 @@ def transformers_loop(name: str, warmup: int, updates: int, threads: int, precis
 
 def pipeline(name: str, total_updates: int, threads: int, precision: str):
     """params.yaml with an update budget and training.precision = `precision`, and the exact fairseq-train
-    flags `python -m stages.pretrain NAME` would run: its main() with train_and_export replaced by a
-    catcher, so this cannot drift from the stage. Only ever called in a throwaway child process (it
-    patches stages.pretrain)."""
-    import stages.pretrain as pretrain
-    from stages import schedule  # noqa: F401  registers --lr-scheduler budget_linear, which the flags name
-    from stages.lib import load_params
+    flags `python -m stages.pretrain NAME` would run (lib/recipes.pretrain_args, which the stage calls), so
+    this cannot drift from the stage. Only ever called in a throwaway child process (device_flags sets the
+    thread count)."""
+    from lib import schedule  # noqa: F401  registers --lr-scheduler budget_linear, which the flags name
+    from lib.params import load_params
+    from lib.recipes import pretrain_args
     params = load_params()
-    budget = params.pretrain.budget.model_copy(update={"seconds": None, "updates": total_updates})
+    recipe = params.pretrain.recipe
+    budget = recipe.budget.model_copy(update={"seconds": None, "updates": total_updates})
     params = params.model_copy(update={  # params are frozen: copies with the changes
-        "pretrain": params.pretrain.model_copy(update={"sizes": [name], "budget": budget}),  # any models.mlm size
+        "pretrain": params.pretrain.model_copy(update={"sizes": [name],  # any models.mlm size
+                                                       "recipe": recipe.model_copy(update={"budget": budget})}),
         "training": params.training.model_copy(update={"threads": threads, "precision": precision})})
-    caught = {}
-    pretrain.load_params = lambda: params
-    pretrain.train_and_export = lambda stage, name, out, args, *rest, **kw: caught.update(args=args)
-    pretrain.main([name])
-    return params, caught["args"]
+    args, _ = pretrain_args(params, name)
+    return params, args
 
 
 def fairseq_batches(args: list):
@@ -190,7 +192,8 @@ class Clock:
         self.tokens.append(tokens)
 
     def summary(self, warmup: int, params, name: str) -> dict:
-        from stages.lib import non_embedding_params, training_precision
+        from lib.devices import training_precision
+        from lib.model_size import non_embedding_params
         warmup = max(warmup, 1)  # the first update has no previous end to time it from
         rates = [t / (end - before) for t, end, before in
                  zip(self.tokens[warmup:], self.ends[warmup:], self.ends[warmup - 1:])]

@@ -7,11 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from launch.plan import DATA, LaunchError, Plan
-
-LAUNCHER = Path(__file__).resolve().parents[1]   # where `python -m launch.job` imports from
+from launch.plan import DATA, LAUNCHER, LaunchError, Plan
 
 
 def visible_gpus(arg: str | None) -> list[str]:

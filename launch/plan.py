@@ -23,7 +23,10 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from launch.runcache import safe_run_cache
+
 DATA = "data"   # the job that runs every non-job stage upstream of the jobs (fetch, prepare)
+LAUNCHER = Path(__file__).resolve().parents[1]   # where `python -m launch.job` and the jobs' DVC import from
 
 
 class LaunchError(Exception):
@@ -86,10 +89,12 @@ def seconds(time_limit: str) -> int:
 def check_budgets(config: Config, params: dict) -> None:
     """A SLURM job killed at its time limit before its seconds budget is spent fails; say so now."""
     for kind, resources in config.stages.items():
-        budget = (params.get(kind) or {}).get("budget") or {}
+        section = params.get(kind) or {}
+        key = f"{kind}.recipe.budget" if "recipe" in section else f"{kind}.budget"  # the pipeline's or a toy's
+        budget = (section.get("recipe") or section).get("budget") or {}
         if budget.get("seconds") and seconds(resources.time) < budget["seconds"]:
             raise LaunchError(f"launch.yaml: stages.{kind}.time {resources.time} is shorter than params.yaml's "
-                              f"{kind}.budget.seconds ({budget['seconds']:g} s); raise it")
+                              f"{key}.seconds ({budget['seconds']:g} s); raise it")
 
 
 # ---------------------------------------------------------------- git and DVC
@@ -103,7 +108,10 @@ def run(cmd: list, cwd: Path, what: str | None = None) -> str:
 
 
 def dvc_cmd() -> list:
-    return [sys.executable, "-m", "dvc"]
+    """DVC's command line: `python -m dvc` with launch.runcache's safe_run_cache, importing the launcher
+    from LAUNCHER whatever directory it runs in (sys.path then is as `python -c` leaves it)."""
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(LAUNCHER)!r}); "
+            "from launch.runcache import dvc_main; del sys.path[0]; sys.exit(dvc_main(sys.argv[1:]))"]
 
 
 def changed_inputs(checkout: Path) -> list[str]:
@@ -143,6 +151,7 @@ def restore(checkout: Path, stages: set[str] | None = None, say=None) -> set[str
     from dvc.repo import Repo
     from dvc.stage.cache import RunCacheNotFoundError
 
+    safe_run_cache()
     restored = set()
     quiet = logging.getLogger("dvc")   # not "Stage ... is cached - skipping run" for each
     level = quiet.level

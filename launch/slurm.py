@@ -7,8 +7,7 @@ import shlex
 import subprocess
 import sys
 
-from launch.local import LAUNCHER
-from launch.plan import DATA, LaunchError, Plan, run
+from launch.plan import DATA, LAUNCHER, LaunchError, Plan, run
 
 ALIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
          "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "PREEMPTED")

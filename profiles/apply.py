@@ -13,7 +13,8 @@ import yaml
 from ruamel.yaml import YAML
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stages.lib import StageError, load_params  # noqa: E402
+from lib.errors import StageError
+from lib.params import load_params  # noqa: E402
 
 
 def merge(target, overrides, path=""):

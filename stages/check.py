@@ -21,7 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-from stages.lib import StageError, load_params, run_stage, write_json
+from lib.errors import StageError
+from lib.files import write_json
+from lib.params import load_params
+from lib.stage import run_stage
 
 METRICS = Path("reports/metrics.json")
 VARIANTS = Path("reports/variants.csv")
@@ -95,7 +98,7 @@ def judge(name: str, old, new, tolerance, exact: bool, same_hardware: bool) -> t
 def deterministic(params) -> bool:
     """Whether the run repeats bit for bit: no training budget (or recovery) counts seconds, and the CPU
     thread count is fixed (torch's default follows the machine's cores)."""
-    budgets = [params.pretrain.budget, params.finetune.budget, params.train_mt.budget, params.compress.recovery]
+    budgets = [params.pretrain.recipe.budget, params.finetune.recipe.budget, params.train_mt.recipe.budget, params.compress.recovery]
     return all(b.seconds is None for b in budgets) and params.training.threads is not None
 
 

@@ -12,7 +12,8 @@ With `compress.recovery` set, each pruned model is first fine-tuned again with i
 start from the recovered weights, kept in recovered/s<sparsity>/ with the recovery's learning curve.
 
 Each variant stores only the matrices compression changes (k-bit variants as packed k-bit codes plus
-scales, so bytes on disk are honest); `load_variant` puts them back into the source checkpoint.
+scales, so bytes on disk are honest: lib/quantization.py); lib/variants.load_variant puts them back into
+the source checkpoint.
 ONNX variants are standalone directories that optimum loads. Every variant has a variant.json.
 
 Writes models/compressed/<size>-<task>/ (GLUE) or models/compressed/mt-<size>/ (translation).
@@ -28,17 +29,22 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from stages.lib import (WORK_DIR, StageError, atomic_dir, export_checkpoint, load_checkpoint, load_params, log,
-                        run_fingerprint, run_stage, sha256sum, train_with_budget, write_json)
+from lib.checkpoints import export_checkpoint, load_checkpoint
+from lib.errors import StageError, log
+from lib.files import atomic_dir, sha256sum, write_json
+from lib.glue_task import class_labels, glue_meta
+from lib.harness import WORK_DIR, run_fingerprint, train_with_budget
+from lib.params import load_params
+from lib.recipes import finetune_args, translation_args
+from lib.stage import run_stage
+from lib.variant_weights import quantize
+from lib.variants import (COMPRESSED_DIR, FAIRSEQ_FP32, ONNX_FP32, ONNX_INT8, RECOVERED_DIR, SIMULATED, VARIANT_FILE,
+                          WEIGHTS_FILE, model_arg, sparsity_tag, variant_name)
 
 # the weight matrices of attention (self and encoder-decoder) and FFN in every layer, fairseq names
 LAYER_MATRIX = re.compile(r"layers\.\d+\.((self_attn|encoder_attn)\.(q|k|v|out)_proj|fc1|fc2)\.weight$")
-WEIGHTS_FILE = "weights.pt"
-VARIANT_FILE = "variant.json"
-RECOVERED_DIR = "recovered"
 
 
 def main(argv):
@@ -60,14 +66,14 @@ def main(argv):
     counted = deployed(state, task)
     total = sum(v.numel() for v in counted.values())
 
-    out = Path("models/compressed") / name
+    out = COMPRESSED_DIR / name
     with atomic_dir(out) as tmp:
         for sparsity in cfg.sparsities:
             pruned = prune({k: state[k] for k in matrices}, sparsity, cfg.pruning)
             model, recovered = {**state, **pruned}, None
             if recovery and sparsity > 0:
                 model, recovered = recover(params, name, size_name, task, {**checkpoint, "model": model},
-                                           sparsity, tmp / RECOVERED_DIR / f"s{sparsity:.2f}")
+                                           sparsity, tmp / RECOVERED_DIR / sparsity_tag(sparsity))
                 pruned = {k: model[k] for k in matrices}
                 counted = deployed(model, task)
             zeros = sum(int((w == 0).sum()) for w in pruned.values())
@@ -79,7 +85,7 @@ def main(argv):
                       "parameters": total, "nonzero_parameters": total - zeros - zeros_outside,
                       "recovery": recovered}
             if recovered:
-                common["source"] = str(out / RECOVERED_DIR / f"s{sparsity:.2f}" / "checkpoint.pt")
+                common["source"] = str(out / RECOVERED_DIR / sparsity_tag(sparsity) / "checkpoint.pt")
             for bits in [32, *cfg.bits]:
                 variant = tmp / variant_name(sparsity, bits)
                 variant.mkdir()
@@ -93,7 +99,7 @@ def main(argv):
                 matrix_bytes = sum(w.numel() * bits // 8 for w in pruned.values())
                 write_json(variant / VARIANT_FILE, {
                     **common, "variant": variant.name, "bits": bits, "nonzero_parameters": nonzero,
-                    "format": "fairseq fp32" if bits == 32 else "simulated k-bit",
+                    "format": FAIRSEQ_FP32 if bits == 32 else SIMULATED,
                     # a standalone model at this precision: the matrices at k bits (+ scales), the rest fp32
                     "bytes": matrix_bytes + scale_bytes(stored) + 4 * (total - sum(w.numel() for w in pruned.values())),
                     "bytes_zip": dense_zip + zip_bytes(packed_tensors(stored)),
@@ -104,25 +110,6 @@ def main(argv):
                 log(f"compress {name}: sparsity {sparsity}: ONNX fp32 + int8")
     shutil.rmtree(WORK_DIR / "compress" / name, ignore_errors=True)
     log(f"wrote {out}")
-
-
-def model_arg(argv, params, stage: str):
-    """The model a per-model stage works on: `glue SIZE TASK [--random-init]` or `mt SIZE`. Returns its
-    name (the directory under models/compressed), size name, task ("translation" for mt), size and
-    source dir. --random-init: the pretraining control of that size (finetune.random_init_sizes)."""
-    if argv[:1] == ["glue"] and len(argv) == 4 and argv[3] == "--random-init" \
-            and argv[1] in params.finetune.random_init_sizes and argv[2] in params.data.glue_tasks:
-        name = f"{argv[1]}-{argv[2]}-random"
-        return name, argv[1], argv[2], params.models.mlm[argv[1]], Path("models/finetune") / name
-    if argv[:1] == ["glue"] and len(argv) == 3 and argv[1] in params.pretrain.sizes \
-            and argv[2] in params.data.glue_tasks:
-        return f"{argv[1]}-{argv[2]}", argv[1], argv[2], params.models.mlm[argv[1]], \
-            Path("models/finetune") / f"{argv[1]}-{argv[2]}"
-    if argv[:1] == ["mt"] and len(argv) == 2 and argv[1] in params.train_mt.sizes:
-        return f"mt-{argv[1]}", argv[1], "translation", params.models.mt[argv[1]], Path("models/mt") / argv[1]
-    raise StageError(f"usage: python -m stages.{stage} glue SIZE TASK [--random-init] | mt SIZE, with SIZE one of "
-                     f"pretrain.sizes {params.pretrain.sizes} (glue) or train_mt.sizes {params.train_mt.sizes} "
-                     f"(mt), TASK one of data.glue_tasks {params.data.glue_tasks}")
 
 
 def recover(params, name: str, size_name: str, task: str, pruned_checkpoint: dict, sparsity: float,
@@ -141,22 +128,20 @@ def recover(params, name: str, size_name: str, task: str, pruned_checkpoint: dic
     init = work / "init.tmp"
     torch.save(pruned_checkpoint, init)
     # named by content: a changed source model or sparsity never resumes a stale run
-    init = init.rename(work / f"init-s{sparsity:.2f}-{sha256sum(init)[:16]}.pt")
+    init = init.rename(work / f"init-{sparsity_tag(sparsity)}-{sha256sum(init)[:16]}.pt")
     if task == "translation":
-        from stages.train_mt import training_args
-        args, flops_of_sample = training_args(params, size_name, init=init, budget=budget)
+        args, flops_of_batch = translation_args(params, size_name, init=init, budget=budget)
     else:
-        from stages.finetune import training_args
-        args, flops_of_sample = training_args(params, size_name, task, init=init, budget=budget)
+        args, flops_of_batch = finetune_args(params, size_name, task, init=init, budget=budget)
     masks = {k: v != 0 for k, v in pruned_checkpoint["model"].items() if LAYER_MATRIX.search(k)}
-    run = work / f"s{sparsity:.2f}"
+    run = work / sparsity_tag(sparsity)
     done = run / "recovered.pt"
-    label = f"compress {name} recovery s{sparsity:.2f}"
+    label = f"compress {name} recovery {sparsity_tag(sparsity)}"
     if done.exists() and (run / "fingerprint.json").read_text() == run_fingerprint(args):
         log(f"{label}: reusing the finished recovery in {run}")
         last = json.loads((run / "last.json").read_text())
     else:
-        last = train_with_budget(label, run, args, run / "final_curve.csv", flops_of_sample,
+        last = train_with_budget(label, run, args, run / "final_curve.csv", flops_of_batch,
                                  on_model=lambda model: hold_mask(model, masks, label))
         export_checkpoint(run / "checkpoint_best.pt", done)
         write_json(run / "last.json", last)
@@ -199,11 +184,6 @@ def deployed(state: dict, task: str) -> dict:
     return kept
 
 
-def variant_name(sparsity: float, bits: int, onnx: str | None = None) -> str:
-    precision = "fp32" if bits == 32 else f"q{bits}"
-    return f"onnx-s{sparsity:.2f}-{onnx}" if onnx else f"s{sparsity:.2f}-{precision}"
-
-
 def prune(matrices: dict, sparsity: float, scope: str) -> dict:
     """Zero the `sparsity` fraction of smallest-magnitude weights: over all matrices together (global)
     or in each matrix separately (layer)."""
@@ -219,36 +199,6 @@ def prune(matrices: dict, sparsity: float, scope: str) -> dict:
 def kth_magnitude(magnitudes, fraction: float):
     k = int(round(fraction * magnitudes.numel()))
     return magnitudes.kthvalue(k).values if k > 0 else magnitudes.new_tensor(-1.0)
-
-
-def quantize(weight, bits: int, granularity: str) -> tuple[dict, int]:
-    """Symmetric uniform quantization: codes in [-(2^(k-1)-1), 2^(k-1)-1] and a scale per matrix or per
-    output row; codes are packed k bits each. Returns what is stored and the number of zero codes."""
-    levels = 2 ** (bits - 1) - 1
-    peak = weight.abs().amax(dim=1, keepdim=True) if granularity == "channel" else weight.abs().max()
-    scale = torch.where(peak > 0, peak / levels, torch.ones_like(peak))
-    codes = torch.clamp(torch.round(weight / scale), -levels, levels).to(torch.int32)
-    stored = {"codes": pack_bits((codes + levels).numpy().ravel(), bits), "scale": scale.float(),
-              "bits": bits, "shape": list(weight.shape)}
-    return stored, int((codes == 0).sum())
-
-
-def dequantize(stored: dict):
-    levels = 2 ** (stored["bits"] - 1) - 1
-    n = int(np.prod(stored["shape"]))
-    codes = torch.from_numpy(unpack_bits(stored["codes"], stored["bits"], n).astype(np.int32) - levels)
-    return codes.reshape(stored["shape"]).float() * stored["scale"]
-
-
-def pack_bits(values: np.ndarray, bits: int):
-    """Unsigned integers < 2**bits, packed `bits` bits each (big-endian) into a uint8 tensor."""
-    as_bits = np.unpackbits(values.astype(">u2").view(np.uint8).reshape(-1, 2), axis=1)[:, 16 - bits:]
-    return torch.from_numpy(np.packbits(as_bits.ravel()))
-
-
-def unpack_bits(packed, bits: int, n: int) -> np.ndarray:
-    as_bits = np.unpackbits(packed.numpy())[: n * bits].reshape(n, bits)
-    return as_bits @ (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))  # big-endian bits -> integers
 
 
 def scale_bytes(stored: dict) -> int:
@@ -275,39 +225,20 @@ def zip_bytes(tensors: dict) -> int:
     return buffer.tell()
 
 
-def load_variant(variant: Path) -> dict:
-    """A variant as a full fairseq checkpoint dict (the source checkpoint with the variant's matrices)."""
-    described = json.loads((variant / VARIANT_FILE).read_text())
-    if described["format"].startswith("ONNX"):
-        raise StageError(f"{variant}: an ONNX variant; load it with optimum.onnxruntime")
-    checkpoint = load_checkpoint(Path(described["source"]))
-    stored = load_checkpoint(variant / WEIGHTS_FILE)
-    checkpoint["model"].update({k: dequantize(v) if isinstance(v, dict) else v for k, v in stored.items()})
-    return checkpoint
-
-
-def class_labels(task: str) -> list[str]:
-    """Labels in the classifier's output order: fairseq-preprocess's label dictionary (sorted by
-    frequency, so not the order of the task's own label list), without fairseq's padding symbols."""
-    lines = (Path("data/bin/glue") / task / "label" / "dict.txt").read_text().splitlines()
-    return [line.split()[0] for line in lines if not line.startswith("madeupword")]
-
-
 def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common: dict) -> None:
     """The deployment models of one pruned checkpoint: ONNX fp32 and ONNX Runtime int8."""
     fp32, int8 = out / variant_name(sparsity, 32, "fp32"), out / variant_name(sparsity, 8, "int8")
     with tempfile.TemporaryDirectory() as hf_dir:
         if task == "translation":
-            from stages.hf_m2m100 import export_onnx_translator, save_transformers_translator
+            from lib.hf_m2m100 import export_onnx_translator, save_transformers_translator
             save_transformers_translator(checkpoint, Path(hf_dir))
             export_onnx_translator(Path(hf_dir), fp32, int8)
         else:
-            from stages.hf_roberta import export_onnx_classifier, save_transformers_classifier
-            meta = json.loads((Path("data/bin/glue") / task / "meta.json").read_text())
-            labels = "regression" if meta["regression"] else class_labels(task)  # a regression task has no classes
+            from lib.hf_roberta import export_onnx_classifier, save_transformers_classifier
+            labels = "regression" if glue_meta(task)["regression"] else class_labels(task)  # a regression task has no classes
             save_transformers_classifier(checkpoint, Path("data/bin/mlm/spm.model"), labels, Path(hf_dir))
             export_onnx_classifier(Path(hf_dir), fp32, int8)
-    for directory, bits, fmt in ((fp32, 32, "ONNX fp32"), (int8, 8, "ONNX int8")):
+    for directory, bits, fmt in ((fp32, 32, ONNX_FP32), (int8, 8, ONNX_INT8)):
         onnx_files = sorted(directory.glob("*.onnx"))
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:

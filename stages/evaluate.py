@@ -20,23 +20,26 @@ Usage: python -m stages.evaluate glue SIZE TASK [--random-init]
 """
 import csv
 import json
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
-from stages import hardware
-from stages.compress import VARIANT_FILE, class_labels, load_variant, model_arg
-from stages.glue import regression_target
-from stages.lib import StageError, allow_checkpoint_globals, load_params, log, read_lines, run_stage
+from lib import hardware
+from lib.checkpoints import allow_checkpoint_globals
+from lib.errors import StageError, log
+from lib.files import read_lines
+from lib.glue import read_tsv, regression_target
+from lib.glue_task import class_labels, glue_meta
+from lib.inference import by_length, load_onnx, speed
+from lib.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, bootstrap, cross_entropy, f1
+from lib.params import load_params
+from lib.recipes import MAX_LEN_A, MAX_LEN_B
+from lib.stage import run_stage
+from lib.variant_weights import load_variant
+from lib.variants import COMPRESSED_DIR, DENSE, EVAL_FIELDS, VARIANT_FILE, is_onnx, model_arg
 
-FIELDS = ["model", "task", "size", "layers", "hidden", "init", "variant", "format", "target_sparsity", "sparsity", "bits",
-          "parameters", "nonzero_parameters", "bits_per_weight", "bytes", "bytes_zip", "split", "examples",
-          "metric", "value", "ci_low", "ci_high", "constant_score", "latency_ms", "throughput", "throughput_unit",
-          "threads", "hardware", "details"]
 CONSTANT_CANDIDATES = 100  # translation's constant baseline: sentences tried (each costs one corpus BLEU)
 
 
@@ -44,7 +47,7 @@ def main(argv):
     params = load_params()
     cfg = params.evaluate
     name, size_name, task, size, source = model_arg(argv, params, "evaluate")
-    root = Path("models/compressed") / name
+    root = COMPRESSED_DIR / name
     variants = sorted(d for d in root.iterdir() if (d / VARIANT_FILE).exists()) if root.is_dir() else []
     if not variants:
         raise StageError(f"{root}: no variants (run `dvc repro compress_{'mt' if task == 'translation' else 'glue'}` "
@@ -60,7 +63,7 @@ def main(argv):
         for i, variant in enumerate(variants, 1):
             described = json.loads((variant / VARIANT_FILE).read_text())
             started = time.time()
-            onnx = described["format"].startswith("ONNX")
+            onnx = is_onnx(described["format"])
             results, timing = evaluator.onnx(variant) if onnx else evaluator.fairseq(variant, described)
             for split, examples, metric, value, low, high, details in results:
                 constant = evaluator.constant_score(split, metric)
@@ -82,96 +85,17 @@ def main(argv):
     out = Path("reports/eval") / f"{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
+        writer = csv.DictWriter(f, EVAL_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     log(f"wrote {out} ({len(rows)} rows)")
-
-
-def bootstrap(metric, gold, predicted, resamples: int, seed: int = 0):
-    """The metric and its 95% bootstrap interval over examples."""
-    gold, predicted = np.asarray(gold), np.asarray(predicted)
-    rng = np.random.default_rng(seed)
-    samples = [metric(gold[i], predicted[i]) for i in rng.integers(0, len(gold), (resamples, len(gold)))]
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return metric(gold, predicted), float(low), float(high)
-
-
-def accuracy(gold, predicted):
-    return 100.0 * float(np.mean(gold == predicted))
-
-
-def f1(gold, predicted, positive: int = 1):  # of the positive class, as GLUE scores MRPC and QQP
-    tp = np.sum((predicted == positive) & (gold == positive))
-    return 100.0 * 2 * tp / max(np.sum(predicted == positive) + np.sum(gold == positive), 1)
-
-
-def mcc(gold, predicted):
-    tp, tn = np.sum((predicted == 1) & (gold == 1)), np.sum((predicted == 0) & (gold == 0))
-    fp, fn = np.sum((predicted == 1) & (gold == 0)), np.sum((predicted == 0) & (gold == 1))
-    denominator = np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
-    return 100.0 * float(tp * tn - fp * fn) / denominator if denominator else 0.0
-
-
-def cross_entropy(gold, logits):  # nats per example
-    shifted = logits - logits.max(-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    return float(-np.mean(log_probs[np.arange(len(gold)), gold]))
-
-
-CLASSIFICATION_METRICS = {"accuracy": accuracy, "f1": f1, "mcc": mcc}
-
-
-def pearson(gold, predicted):
-    return 100.0 * float(np.corrcoef(gold, predicted)[0, 1]) if np.std(gold) and np.std(predicted) else 0.0
-
-
-def spearman(gold, predicted):  # Pearson's r of the ranks; tied values share their mean rank
-    return pearson(rankdata(gold), rankdata(predicted))
-
-
-REGRESSION_METRICS = {"pearson": pearson, "spearman": spearman}
-
-
-def by_length(run, items: list, length, batch_size: int) -> list:
-    """`run(batch)` (one output per item) over batches of items of similar length, so little compute
-    goes to padding; the outputs come back in the order of `items`."""
-    order = sorted(range(len(items)), key=lambda i: length(items[i]))
-    outputs = [None] * len(items)
-    for lo in range(0, len(order), batch_size):
-        chunk = order[lo: lo + batch_size]
-        for i, output in zip(chunk, run([items[i] for i in chunk])):
-            outputs[i] = output
-    return outputs
-
-
-def timed(run, batches: list, repeats: int) -> float:
-    """Median seconds of running every batch in `batches`, after a warm-up call. One call is enough: the
-    scoring pass before this has already run the model over every input."""
-    run(batches[0])
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for batch in batches:
-            run(batch)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def speed(run, items: list, cfg, unit: str) -> dict:
-    """Batch-1 latency over the first `latency_examples` items and throughput at batch_size."""
-    single = [[x] for x in items[: cfg.latency_examples]]
-    latency = timed(run, single, cfg.repeats) / len(single)
-    batch = [items[: cfg.batch_size]]
-    throughput = len(batch[0]) / timed(run, batch, cfg.repeats)
-    return {"latency_ms": round(1000 * latency, 3), "throughput": round(throughput, 2), "throughput_unit": unit}
 
 
 class GlueEval:
     def __init__(self, cfg, task: str, metrics: list[str]):
         self.cfg, self.task = cfg, task
         self.data = Path("data/bin/glue") / task
-        self.meta = json.loads((self.data / "meta.json").read_text())
+        self.meta = glue_meta(task)
         self.model = self.fairseq_task = None
         self.constants = {}
         if self.meta["regression"]:
@@ -190,7 +114,7 @@ class GlueEval:
         for fairseq_split, split in self.meta["fairseq_splits"].items():
             if fairseq_split == "train":
                 continue
-            rows = read_tsv_rows(self.data / f"{split}.tsv")
+            rows = read_tsv(self.data / f"{split}.tsv", self.meta)
             yield fairseq_split, split, rows[: self.cfg.max_dev_examples or len(rows)]
 
     def score(self, gold, logits):
@@ -242,7 +166,7 @@ class GlueEval:
             for metric, value, low, high in self.score(gold.numpy(), logits.numpy()):
                 results.append((split, len(rows), metric, value, low, high, ""))
         measured = None
-        if described["format"] == "fairseq fp32" and described["target_sparsity"] == 0:
+        if variant.name == DENSE:
             tokens = [dataset[i]["net_input.src_tokens"] for i in range(len(samples))]
             pad = self.fairseq_task.source_dictionary.pad()
 
@@ -281,28 +205,6 @@ class GlueEval:
             for metric, value, low, high in self.score(gold, logits):
                 results.append((split, len(rows), metric, value, low, high, ""))
         return results, speed(run, texts, self.cfg, "sentences/s")
-
-
-def read_tsv_rows(path: Path) -> list[dict]:
-    header, *lines = read_lines(path)
-    return [dict(zip(header.split("\t"), line.split("\t"))) for line in lines]
-
-
-def load_onnx(model_class, variant: Path, threads: int):
-    """An optimum ONNX Runtime model with a fixed thread count; a broken file is named in the error."""
-    import onnxruntime
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    # idle ONNX Runtime threads spin by default, stealing the cores from whatever is timed next
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    files = sorted(f.name for f in variant.glob("*.onnx"))
-    try:
-        if model_class.__name__ == "ORTModelForSeq2SeqLM":
-            return model_class.from_pretrained(variant, session_options=options)
-        return model_class.from_pretrained(variant, file_name=files[0] if files else None, session_options=options)
-    except Exception as e:
-        raise StageError(f"{variant}: cannot load the ONNX model ({', '.join(files) or 'no .onnx file'}): "
-                         f"{type(e).__name__}: {e}") from e
 
 
 class TranslationEval:
@@ -357,13 +259,13 @@ class TranslationEval:
 
         hypotheses = by_length(run, sources, len, self.cfg.batch_size)
         measured = None
-        if described["format"] == "fairseq fp32" and described["target_sparsity"] == 0:
+        if variant.name == DENSE:
             measured = speed(run, sources, self.cfg, "sentences/s")
         return self.bleu(hypotheses), measured
 
     def onnx(self, variant: Path):
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
-        from stages.hf_m2m100 import decode, encode
+        from lib.hf_m2m100 import decode, encode
         import sentencepiece
         model = load_onnx(ORTModelForSeq2SeqLM, variant, threads=self.cfg.threads)
         sp = sentencepiece.SentencePieceProcessor(model_file=str(self.data / "spm.model"))
@@ -371,7 +273,8 @@ class TranslationEval:
         def run(batch):
             input_ids, attention_mask = encode(sp, batch)
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=self.cfg.beam,
-                                 max_length=int(1.2 * input_ids.shape[1]) + 12)  # fairseq 1.2x+10, + start, </s>
+                                 # fairseq's limit, + the start token and </s>
+                                 max_length=int(MAX_LEN_A * input_ids.shape[1]) + MAX_LEN_B + 2)
             return decode(sp, out)
 
         hypotheses = by_length(run, self.sources, len, self.cfg.batch_size)
@@ -380,7 +283,7 @@ class TranslationEval:
 
 def argparse_beam(beam: int):
     import argparse
-    return argparse.Namespace(beam=beam, max_len_a=1.2, max_len_b=10, min_len=1)
+    return argparse.Namespace(beam=beam, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B, min_len=1)
 
 
 if __name__ == "__main__":

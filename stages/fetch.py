@@ -22,9 +22,11 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from stages.glue import glue_rows, normalized_fields
-from stages.lib import (DataError, StageError, atomic_dir, dataset_arg, file_digest, load_params, log, partial_file,
-                        run_stage, write_json, writing_scratch)
+from lib.errors import DataError, StageError, log
+from lib.files import atomic_dir, file_digest, partial_file, write_json, writing_scratch
+from lib.glue import glue_rows, normalized_fields
+from lib.params import dataset_arg, load_params
+from lib.stage import run_stage
 
 RAW_DIR = Path("data/raw")
 DOWNLOAD_DIR = Path("data/downloads")

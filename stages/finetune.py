@@ -1,19 +1,23 @@
 """finetune: one pretrained size on one GLUE task, following fairseq's RoBERTa GLUE recipe
-(examples/roberta/README.glue.md), under the `finetune.budget`; keeps the best checkpoint by dev
-accuracy (by loss for a regression task). With --random-init, the same size, recipe and budget from
-random weights instead: the control that says what pretraining adds (finetune.random_init_sizes).
+(examples/roberta/README.glue.md, lib/recipes.py), under `finetune.recipe`'s budget; keeps the best
+checkpoint by dev accuracy (by loss for a regression task). With --random-init, the same size, recipe and
+budget from random weights instead: the control that says what pretraining adds (finetune.random_init_sizes).
 
 Writes models/finetune/<size>-<task>[-random]/ (checkpoint.pt, summary.json) and
 reports/curves/finetune-<size>-<task>[-random].csv.
 
 Usage: python -m stages.finetune SIZE TASK [--random-init]
 """
-import json
 from pathlib import Path
 
-from stages.lib import (StageError, budget_flags, device_flags, launch_data_parallel, load_params,
-                        non_embedding_params, run_stage, schedule_flags, train_and_export)
-from stages.pretrain import size_flags
+from lib.devices import launch_data_parallel
+from lib.errors import StageError
+from lib.glue_task import glue_meta
+from lib.harness import train_and_export
+from lib.params import load_params
+from lib.recipes import finetune_args
+from lib.stage import run_stage
+from lib.variants import model_name
 
 
 def main(argv):
@@ -28,41 +32,13 @@ def main(argv):
     name, task = args
     if launch_data_parallel(params.training, "stages.finetune", argv):  # training.world_size ranks did it
         return
-    size, cfg = params.models.mlm[name], params.finetune
-    model = f"{name}-{task}" + ("-random" if random_init else "")
-    train_args, flops_of_sample = training_args(params, name, task, init="random" if random_init else None)
-    meta = json.loads((Path("data/bin/glue") / task / "meta.json").read_text())
-    train_and_export("finetune", model, Path("models/finetune") / model, train_args,
-                     flops_of_sample, keep="best",
-                     summary={"size": name, "task": task, **size.model_dump(), "budget": cfg.budget.model_dump(),
+    model = model_name(name, task, random_init)
+    train_args, flops_of_batch = finetune_args(params, name, task, init="random" if random_init else None)
+    train_and_export("finetune", model, Path("models/finetune") / model, train_args, flops_of_batch, keep="best",
+                     summary={"size": name, "task": task, **params.models.mlm[name].model_dump(),
+                              "budget": params.finetune.recipe.budget.model_dump(),
                               "init": "random" if random_init else "pretrained",
-                              "dev_split": meta["fairseq_splits"]["valid"]})
-
-
-def training_args(params, name: str, task: str, init: Path | str | None = None, budget=None):
-    """fairseq-train flags that fine-tune size `name` on `task` from `init` (default: the size's
-    pretrained checkpoint; "random": no checkpoint) under `budget` (default: finetune.budget), and the
-    FLOPs estimate of a batch. Also the recipe of recovery fine-tuning after pruning (stages/compress.py)."""
-    size, cfg = params.models.mlm[name], params.finetune
-    data = Path("data/bin/glue") / task
-    meta = json.loads((data / "meta.json").read_text())
-    metric = ["--regression-target", "--best-checkpoint-metric", "loss"] if meta["regression"] else \
-        ["--best-checkpoint-metric", "accuracy", "--maximize-best-checkpoint-metric"]
-    init = init or Path("models/pretrain") / name / "checkpoint.pt"
-    args = [data, "--task", "sentence_prediction", "--criterion", "sentence_prediction",
-            *([] if init == "random" else ["--finetune-from-model", init]),
-            "--arch", "roberta", *size_flags(size, params.pretrain.tokens_per_sample),
-            "--num-classes", meta["num_classes"], "--init-token", 0, "--separator-token", 2,
-            "--shorten-method", "truncate", "--batch-size", cfg.batch_size,
-            "--required-batch-size-multiple", 1, *metric, "--seed", params.training.seed,
-            *schedule_flags(cfg), *budget_flags(budget or cfg.budget), *device_flags(params.training)]
-    n = non_embedding_params(size)
-
-    def flops_of_sample(sample):
-        tokens = sample["net_input"]["src_tokens"].numel()
-        return tokens, 6.0 * n * tokens
-
-    return args, flops_of_sample
+                              "dev_split": glue_meta(task)["fairseq_splits"]["valid"]})
 
 
 if __name__ == "__main__":

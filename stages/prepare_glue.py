@@ -6,7 +6,7 @@ outputs, the normalized dev TSVs kept as raw text for evaluation, and meta.json 
 rate of <unk> pieces, and a warning above UNK_WARNING). The first dev split is fairseq's `valid`, the
 next `valid1` (MNLI: matched, then mismatched).
 
-data/raw/<task>/ is read with fetch's row checks again (stages/glue.py): it may have been edited by hand.
+data/raw/<task>/ is read with fetch's row checks again (lib/glue.py): it may have been edited by hand.
 
 Usage: python -m stages.prepare_glue TASK
 """
@@ -17,9 +17,13 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from stages.glue import glue_rows, normalized_fields, regression_target
-from stages.lib import (atomic_dir, cap, dataset_arg, encode_pieces, fairseq_preprocess, load_params, log,
-                        read_lines, run_stage, write_json)
+from lib.errors import log
+from lib.fairseq_cli import fairseq_preprocess
+from lib.files import atomic_dir, write_json
+from lib.glue import normalized_fields, read_tsv, regression_target
+from lib.params import dataset_arg, load_params
+from lib.stage import run_stage
+from lib.text import cap, encode_pieces
 
 MLM = Path("data/bin/mlm")
 # a larger share of pieces the tokenizer cannot represent means text unlike the pretraining corpus
@@ -87,14 +91,6 @@ def fairseq_split_names(dev_splits):
 def split_prefixes(tmp, dev_splits, suffix):
     return ["--trainpref", tmp / f"train.{suffix}",
             "--validpref", ",".join(str(tmp / f"{s}.{suffix}") for s in dev_splits)]
-
-
-def read_tsv(path, meta):
-    """The rows of a TSV normalized by fetch (no quoting: fields never hold tabs or newlines), checked as
-    fetch checked them."""
-    fields = normalized_fields(meta["pair"])
-    lines = ((path, number, line) for number, line in enumerate(read_lines(path), start=1))
-    return list(glue_rows(lines, {f: f for f in fields}, True, meta["labels"], meta["label_range"]))
 
 
 def unk_rate(sp, texts: list[str]) -> float:

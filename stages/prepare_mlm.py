@@ -10,8 +10,12 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from stages.lib import (DataError, atomic_dir, cap, encode_pieces, fairseq_preprocess, load_params, log,
-                        read_lines, run_stage, train_sentencepiece, write_fairseq_dict, write_json)
+from lib.errors import DataError, log
+from lib.fairseq_cli import fairseq_preprocess
+from lib.files import atomic_dir, read_lines, write_json
+from lib.params import load_params
+from lib.stage import run_stage
+from lib.text import cap, encode_pieces, train_sentencepiece, write_fairseq_dict
 
 OUT = Path("data/bin/mlm")
 

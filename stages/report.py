@@ -4,34 +4,25 @@ Reads the learning curves (reports/curves/), each trained size's summary.json (m
 models/mt/<size>/: precision and hardware), the unigram baseline of the masked-LM valid set
 (data/bin/mlm/unigram.json) and every evaluated variant (reports/variants.csv; rows with init "random"
 are the pretraining control, used only in its own section). Writes reports/figures/*.png and *.svg
-(seaborn) and reports/report.md. The verdicts and the recommendation are stages/verdicts.py's.
+(seaborn) and reports/report.md. The verdicts and the recommendation are lib/verdicts.py's.
 
 Usage: python -m stages.report
 """
-import json
-import platform
-from importlib import metadata
 from pathlib import Path
 
-import matplotlib
+import matplotlib.ticker as ticker
 import numpy as np
 import pandas as pd
 
-from stages.lib import StageError, load_params, log, model_non_embedding_params, run_stage
-from stages.verdicts import (recommendation, size_order, sweeps, verdict_equal_size, verdict_pretraining,
-                             verdict_robustness, verdict_updates, verdict_wallclock)
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as ticker  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-FIGURES = Path("reports/figures")
-CURVES = Path("reports/curves")
-UNIGRAM = Path("data/bin/mlm/unigram.json")
-SUMMARIES = {"pretrain": Path("models/pretrain"), "train_mt": Path("models/mt")}  # <size>/summary.json
-PACKAGES = ["torch", "fairseq", "ve-fairseq", "fairseq-fixed", "transformers", "optimum", "optimum-onnx",
-            "onnxruntime", "sacrebleu", "dvc", "seaborn"]
+from lib.environment import environment
+from lib.errors import StageError, log
+from lib.figures import FIGURES, colors_of, figure_legend, log_axis, plt, save, sns, table
+from lib.params import load_params
+from lib.results import last_points, read_curves, read_unigram, read_variants
+from lib.stage import run_stage
+from lib.variants import FAIRSEQ_FP32, HEADLINE_SPLITS, SIMULATED, headline_metrics
+from lib.verdicts import (recommendation, size_order, sweeps, verdict_equal_size, verdict_pretraining,
+                          verdict_robustness, verdict_updates, verdict_wallclock)
 
 
 def main(argv):
@@ -53,10 +44,9 @@ def main(argv):
     sections.append(figure_mlm_curves(mlm, unigram_bits))
     sections.append(figure_mt_curves(mt))
     sections.append(figure_throughput(mlm, mt))
-    scored = variants[variants.metric != "loss"]  # the scores, higher-is-better; a task's headline comes first
-    headline = scored.groupby("task").metric.first().to_dict()
-    main_rows = pd.concat([scored[(scored.task == t) & (scored.metric == m)] for t, m in headline.items()])
-    main_rows = main_rows[main_rows.split.isin(["dev", "test", "dev_matched"])]
+    headline = headline_metrics(variants.to_dict("records"))
+    main_rows = pd.concat([variants[(variants.task == t) & (variants.metric == m)] for t, m in headline.items()])
+    main_rows = main_rows[main_rows.split.isin(HEADLINE_SPLITS)]
     sections.append(figure_sparsity(main_rows))
     sections.append(figure_bits(main_rows))
     sections.append(figure_frontier(main_rows))
@@ -69,120 +59,6 @@ def main(argv):
     sections.append(recommendation(main_rows, cfg))
     Path("reports/report.md").write_text("# Train large, then compress: report\n\n" + "\n\n".join(sections) + "\n")
     log(f"wrote reports/report.md and {len(list(FIGURES.glob('*.png')))} figures in {FIGURES}")
-
-
-# ---------------------------------------------------------------- inputs
-
-def read_variants(path: Path) -> pd.DataFrame:
-    variants = pd.read_csv(path)
-    if variants.empty:
-        raise StageError(f"{path}: no rows (run `dvc repro tabulate`)")
-    if "init" not in variants:  # written before the pretraining control existed: all pretrained
-        variants["init"] = "pretrained"
-    variants["init"] = variants["init"].fillna("pretrained")
-    return variants
-
-
-def read_curves(stage: str, sizes: list, grid: dict, kind: str) -> pd.DataFrame:
-    """Every size's curve, with its non-embedding parameter count (`kind` "mlm" or "mt": the count
-    the training stage uses) and the precision and hardware its summary.json records."""
-    frames = []
-    for name in sizes:
-        path, summary = CURVES / f"{stage}-{name}.csv", SUMMARIES[stage] / name / "summary.json"
-        for needed in (path, summary):
-            if not needed.exists():
-                raise StageError(f"{needed}: missing (run `dvc repro {stage}`)")
-        info = json.loads(summary.read_text())
-        size = grid[name]
-        frames.append(pd.read_csv(path).assign(
-            size=name, layers=size.layers, hidden=size.hidden, parameters=model_non_embedding_params(size, kind),
-            # summaries from before these keys were recorded
-            precision=info.get("precision", "unknown"), hardware=info.get("hardware", "unknown")))
-    return pd.concat(frames, ignore_index=True)
-
-
-def read_unigram() -> float:
-    """Bits per token of the masked-LM valid set under an add-one unigram of the train counts."""
-    if not UNIGRAM.exists():
-        raise StageError(f"{UNIGRAM}: missing (run `dvc repro prepare_mlm`)")
-    return float(json.loads(UNIGRAM.read_text())["valid_bits"])
-
-
-def last_points(curves: pd.DataFrame) -> pd.DataFrame:
-    """Each size's final curve row, smallest size first (tail, not last(): last() mixes rows)."""
-    return curves.sort_values("updates").groupby("size").tail(1).sort_values("parameters")
-
-
-# ---------------------------------------------------------------- drawing helpers
-
-def save(fig, name: str) -> str:
-    fig.tight_layout()
-    for suffix in ("png", "svg"):  # bbox "tight": keep the legend placed right of the panels
-        fig.savefig(FIGURES / f"{name}.{suffix}", dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return f"![{name}](figures/{name}.png)"
-
-
-def table(frame: pd.DataFrame) -> str:
-    """A markdown table; numbers to 4 significant digits."""
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-    header = "| " + " | ".join(map(str, frame.columns)) + " |\n|" + "---|" * len(frame.columns)
-    return header + "".join("\n| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False))
-
-
-def plain(x, _=None) -> str:
-    """A tick label a reader can read: 1.6M, 500k, 2e15 (FLOPs), 0.5."""
-    if x >= 1e12:
-        exponent = int(np.floor(np.log10(x)))
-        return f"{x / 10 ** exponent:.2g}e{exponent}"
-    for factor, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if x >= factor:
-            return f"{x / factor:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def log_axis(ax, axis: str = "x") -> None:
-    """Log-scale ticks at 1, 2 and 5 x 10^k (only powers of ten over a wide range, more over a narrow
-    one), labelled plainly, minor ticks unlabelled: matplotlib's default labels minor ticks
-    in 10^x notation on short ranges, and they run into each other."""
-    side = ax.xaxis if axis == "x" else ax.yaxis
-    low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
-    decades = np.log10(high / low)
-    narrow = (1.0, 2.0, 3.0, 5.0) if axis == "x" else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)  # x labels are wider
-    subs = (1.0,) if decades > 4 else (1.0, 2.0, 5.0) if decades > 1.2 else narrow if decades > 0.3 else range(1, 10)
-    side.set_major_locator(ticker.LogLocator(base=10, subs=subs))
-    side.set_major_formatter(ticker.FuncFormatter(plain))
-    side.set_minor_formatter(ticker.NullFormatter())
-
-
-def figure_legend(fig, axes, title: str | None = None, first: list = ()) -> None:
-    """One legend for the whole figure, right of the panels where it hides no data: every labelled
-    entry of every panel (seaborn's legends and lines drawn here), each once; labels in `first` (the
-    sizes, smallest first) lead, in that order."""
-    entries = {}
-    for ax in axes:
-        legend = ax.get_legend()
-        if legend is not None:
-            for handle, text in zip(legend.legend_handles, legend.get_texts()):
-                entries.setdefault(text.get_text(), handle)
-            legend.remove()
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            entries.setdefault(label, handle)
-    labels = sorted(entries, key=lambda label: first.index(label) if label in first else len(first))
-    fig.legend([entries[label] for label in labels], labels, title=title, loc="upper left", bbox_to_anchor=(1, 0.95),
-               frameon=False)
-
-
-COLORS = {}  # size -> colour, for the whole report: a size keeps its colour from figure to figure
-
-
-def colors_of(order: list) -> dict:
-    """The sizes' colours (new sizes take the next colour, in `order`, smallest first)."""
-    palette = sns.color_palette(n_colors=10)
-    for name in order:
-        COLORS.setdefault(name, palette[len(COLORS) % len(palette)])
-    return {name: COLORS[name] for name in order}
 
 
 # ---------------------------------------------------------------- training figures
@@ -302,7 +178,7 @@ def metric_label(rows: pd.DataFrame) -> str:
 
 
 def figure_sparsity(rows: pd.DataFrame) -> str:
-    data = rows[rows.format == "fairseq fp32"]
+    data = rows[rows.format == FAIRSEQ_FP32]
 
     def draw(ax, d, order, colors):
         for size in order:
@@ -316,7 +192,7 @@ def figure_sparsity(rows: pd.DataFrame) -> str:
 
 
 def figure_bits(rows: pd.DataFrame) -> str:
-    data = rows[rows.format.isin(["fairseq fp32", "simulated k-bit"]) & (rows.target_sparsity == 0)]
+    data = rows[rows.format.isin([FAIRSEQ_FP32, SIMULATED]) & (rows.target_sparsity == 0)]
 
     def draw(ax, d, order, colors):
         sns.lineplot(data=d, x="bits", y="value", hue="size", hue_order=order, palette=colors, marker="o", ax=ax)
@@ -372,7 +248,7 @@ def pretraining_control(rows: pd.DataFrame, control: pd.DataFrame) -> str:
         return title + ("The control was not run: no size was fine-tuned from random initialisation, so "
                         "nothing here says whether the GLUE scores owe anything to pretraining.")
     keys = ["task", "size", "metric", "split"]
-    dense = [d[(d.format == "fairseq fp32") & (d.target_sparsity == 0)][keys + ["value", "ci_low", "ci_high"]]
+    dense = [d[(d.format == FAIRSEQ_FP32) & (d.target_sparsity == 0)][keys + ["value", "ci_low", "ci_high"]]
              for d in (rows, control)]
     pairs = dense[0].merge(dense[1], on=keys, suffixes=("", "_random"))
     if pairs.empty:
@@ -386,39 +262,6 @@ def pretraining_control(rows: pd.DataFrame, control: pd.DataFrame) -> str:
     return title + ("The control sizes were fine-tuned from random initialisation under the same budget and "
                     "evaluated dense (fairseq fp32) on the same split. One side is better only if each score "
                     "lies outside the other's 95% interval.\n\n" + "\n".join(lines))
-
-
-# ---------------------------------------------------------------- environment
-
-def environment(params, variants: pd.DataFrame) -> str:
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    caps = {}
-    for path in sorted(Path("data/bin").glob("**/caps.json")) + sorted(Path("data/bin/glue").glob("*/meta.json")):
-        caps[str(path.parent)] = json.loads(path.read_text()).get("caps", json.loads(path.read_text()))
-    sizes = pd.DataFrame([{"task": kind, "size": n, **s.model_dump()}
-                          for kind, grid, names in (("masked LM", params.models.mlm, params.pretrain.sizes),
-                                                    ("translation", params.models.mt, params.train_mt.sizes))
-                          for n, s in grid.items() if n in names])
-    return "\n".join([
-        "## Environment", "",
-        f"- evaluation hardware: {', '.join(sorted(variants.hardware.unique()))}; {params.evaluate.threads} threads;"
-        f" training device `{params.training.device}`, precision `{params.training.precision}`",
-        f"- python {platform.python_version()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-        f"- budgets: pretrain {params.pretrain.budget.model_dump()}, finetune {params.finetune.budget.model_dump()},"
-        f" translation {params.train_mt.budget.model_dump()}",
-        f"- data caps: {json.dumps(caps)}",
-        f"- compression: {params.compress.pruning} magnitude pruning, quantization scales per "
-        f"{params.compress.granularity}, recovery fine-tuning after pruning: "
-        + (f"{params.compress.recovery.model_dump()}" if params.compress.recovery.seconds or
-           params.compress.recovery.updates else "none (the paper's setting)"),
-        f"- evaluation caps: dev {params.evaluate.max_dev_examples}, test {params.evaluate.max_test_sentences};"
-        f" beam {params.evaluate.beam}",
-        "", table(sizes)])
 
 
 if __name__ == "__main__":

@@ -12,21 +12,23 @@ import csv
 import json
 from pathlib import Path
 
-from stages.evaluate import FIELDS
-from stages.lib import StageError, load_params, log, run_stage, write_json
+from lib.errors import StageError, log
+from lib.files import write_json
+from lib.params import load_params
+from lib.stage import run_stage
+from lib.variants import EVAL_FIELDS, FAIRSEQ_FP32, HEADLINE_SPLITS, ONNX_FP32, ONNX_INT8, headline_metrics, model_name
 
 EVAL_DIR = Path("reports/eval")
 CURVES = Path("reports/curves")
 UNIGRAM = Path("data/bin/mlm/unigram.json")
-# GLUE tasks: their first metric in the table, the first of the catalog's `metrics` (evaluate writes it first)
-HEADLINE_METRIC = {"translation": "bleu"}
 
 
 def main(argv):
     params = load_params()
-    expected = [f"{s}-{t}" for s in params.pretrain.sizes for t in params.data.glue_tasks] + \
-               [f"{s}-{t}-random" for s in params.finetune.random_init_sizes for t in params.data.glue_tasks] + \
-               [f"mt-{s}" for s in params.train_mt.sizes]
+    tasks = params.data.glue_tasks
+    expected = [model_name(s, t) for s in params.pretrain.sizes for t in tasks] + \
+               [model_name(s, t, random_init=True) for s in params.finetune.random_init_sizes for t in tasks] + \
+               [model_name(s, "translation") for s in params.train_mt.sizes]
     missing = [name for name in expected if not (EVAL_DIR / f"{name}.csv").exists()]
     if missing:
         raise StageError(f"{EVAL_DIR}: no evaluation of {missing} (run `dvc repro evaluate_glue evaluate_mt`)")
@@ -35,7 +37,7 @@ def main(argv):
         with open(EVAL_DIR / f"{name}.csv") as f:
             rows += list(csv.DictReader(f))
     with open("reports/variants.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
+        writer = csv.DictWriter(f, EVAL_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     write_json("reports/metrics.json", {**headline(rows), "pretrain": pretraining(params.pretrain.sizes)})
@@ -45,14 +47,14 @@ def main(argv):
 def headline(rows: list[dict]) -> dict:
     """{task: {size: {...}}}: the task's metric for the dense fp32 model and the sparsity-0 ONNX fp32 and
     int8 models, with the int8 model's latency and zipped bytes."""
-    metrics = {}
+    metrics, headline_of = {}, headline_metrics(rows)
     for r in rows:
-        metric = HEADLINE_METRIC.get(r["task"]) or first_metric(rows, r["task"])
-        if r["metric"] != metric or r["split"] not in ("dev", "test", "dev_matched") or float(r["target_sparsity"]):
+        metric = headline_of[r["task"]]
+        if r["metric"] != metric or r["split"] not in HEADLINE_SPLITS or float(r["target_sparsity"]):
             continue
         size = r["size"] + ("-random" if r.get("init") == "random" else "")
         entry = metrics.setdefault(r["task"], {}).setdefault(size, {})
-        key = {"fairseq fp32": "fp32", "ONNX fp32": "onnx_fp32", "ONNX int8": "onnx_int8"}.get(r["format"])
+        key = {FAIRSEQ_FP32: "fp32", ONNX_FP32: "onnx_fp32", ONNX_INT8: "onnx_int8"}.get(r["format"])
         if key:
             entry[f"{metric}_{key}"] = float(r["value"])
             if key != "fp32":
@@ -68,10 +70,6 @@ def pretraining(sizes: list) -> dict:
         with open(CURVES / f"pretrain-{size}.csv") as f:
             metrics[size] = {"valid_loss_bits": float(list(csv.DictReader(f))[-1]["valid_loss"])}
     return metrics
-
-
-def first_metric(rows, task):
-    return next(r["metric"] for r in rows if r["task"] == task)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""validate: check params.yaml against its schema (stages/schema.py), ahead of every other stage.
+"""validate: check params.yaml and datasets.yaml against their schema (lib/schema.py, lib/catalog.py), ahead
+of every other stage.
 
 The fetch stages depend on its output, so `dvc repro` and `dvc exp run -S ...`, whatever stages they
 target, run it first whenever params.yaml changed: a bad value fails at once, even when every other stage
@@ -10,7 +11,9 @@ Usage: python -m stages.validate
 """
 from pathlib import Path
 
-from stages.lib import StageError, load_params, run_stage
+from lib.errors import StageError
+from lib.params import load_params
+from lib.stage import run_stage
 
 OUT = Path("data/params.ok")
 

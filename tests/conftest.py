@@ -106,8 +106,21 @@ def build_mirror(root: Path) -> dict:
     return files
 
 
+def read_params(project: Path) -> dict:
+    """params.yaml and datasets.yaml of `project` as one dict (the catalog under `datasets`)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    return {**params, **yaml.safe_load((project / "datasets.yaml").read_text())}
+
+
+def write_params(project: Path, params: dict) -> None:
+    """The inverse of read_params: the catalog to datasets.yaml, the rest to params.yaml."""
+    params = dict(params)
+    (project / "datasets.yaml").write_text(yaml.safe_dump({"datasets": params.pop("datasets")}, sort_keys=False))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def tiny_params(catalog: dict) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO)
     params["datasets"] = catalog
     params["data"]["glue_tasks"] = ["sst2", "rte"]  # a single sentence and a pair task
     params["prepare_mlm"]["vocab_size"] = 200
@@ -116,14 +129,16 @@ def tiny_params(catalog: dict) -> dict:
 
 
 def make_tiny_project(root: Path) -> Path:
-    """root/mirror: a tiny mirror; root/project: stages/, dvc.yaml and a params.yaml pointing at it."""
+    """root/mirror: a tiny mirror; root/project: stages/, lib/, dvc.yaml, params.yaml and a datasets.yaml
+    pointing at the mirror."""
     catalog = build_mirror(root / "mirror")
     project = root / "project"
     project.mkdir()
-    shutil.copytree(REPO / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("stages", "lib"):
+        shutil.copytree(REPO / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore", "Makefile"):
         shutil.copy(REPO / name, project / name)
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(catalog), sort_keys=False))
+    write_params(project, tiny_params(catalog))
     return project
 
 
@@ -137,10 +152,10 @@ def tiny_project(tmp_path, monkeypatch):
 
 
 def set_params(project: Path, edit) -> None:
-    """Apply `edit(params_dict)` to the project's params.yaml."""
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    """Apply `edit(params_dict)` to the project's params.yaml and datasets.yaml (read_params' dict)."""
+    params = read_params(project)
     edit(params)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(project, params)
 
 
 def venv_bin() -> Path:
@@ -154,14 +169,15 @@ TINY = {"T1": {"layers": 1, "hidden": 32, "ffn": 64, "heads": 2},
 def tiny_training(p, pretrain_updates=12, finetune_updates=60, mt_updates=12):
     p["models"] = {"mlm": TINY, "mt": TINY}
     p["training"].update(device="cpu", threads=1)
-    p["pretrain"].update(sizes=["T1", "T2"], budget={"seconds": None, "updates": pretrain_updates},
-                         tokens_per_sample=32, max_tokens=256, warmup_updates=2, lr=0.002,
-                         validate_every=4, valid_batches=2)
-    p["finetune"].update(budget={"seconds": None, "updates": finetune_updates}, batch_size=8, lr=0.004,
-                         warmup_updates=2, dropout=0.0, weight_decay=0.0, validate_every=15, valid_batches=4,
-                         random_init_sizes=[])
-    p["train_mt"].update(sizes=["T1", "T2"], budget={"seconds": None, "updates": mt_updates}, max_tokens=256,
-                         warmup_updates=2, lr=0.002, validate_every=4, valid_batches=2)
+    p["pretrain"]["sizes"] = p["train_mt"]["sizes"] = ["T1", "T2"]
+    p["finetune"]["random_init_sizes"] = []
+    p["pretrain"]["recipe"].update(budget={"seconds": None, "updates": pretrain_updates}, tokens_per_sample=32,
+                                   max_tokens=256, warmup_updates=2, lr=0.002, validate_every=4, valid_batches=2)
+    p["finetune"]["recipe"].update(budget={"seconds": None, "updates": finetune_updates}, batch_size=8, lr=0.004,
+                                   warmup_updates=2, dropout=0.0, weight_decay=0.0, validate_every=15,
+                                   valid_batches=4)
+    p["train_mt"]["recipe"].update(budget={"seconds": None, "updates": mt_updates}, max_tokens=256,
+                                   warmup_updates=2, lr=0.002, validate_every=4, valid_batches=2)
 
 
 @pytest.fixture(scope="session")
@@ -176,7 +192,7 @@ def trained_project(tmp_path_factory):
 
     def edit(p):
         tiny_training(p, finetune_updates=60, mt_updates=150)
-        p["train_mt"].update(validate_every=50, lr=0.005)
+        p["train_mt"]["recipe"].update(validate_every=50, lr=0.005)
     set_params(project, edit)
     cwd, mirror = os.getcwd(), os.environ.get("DATA_MIRROR")
     os.chdir(project)

@@ -63,12 +63,12 @@ def test_a_metric_gone_missing_fails_and_a_new_one_is_only_reported():
 
 
 def test_only_update_budgets_on_fixed_threads_count_as_deterministic():
-    from conftest import REPO
-    from stages.schema import Params
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    from conftest import REPO, read_params
+    from lib.schema import Params
+    p = read_params(REPO)
     assert not check.deterministic(Params.model_validate(p))  # the default profile: wall-clock budgets
     for stage in ("pretrain", "finetune", "train_mt"):
-        p[stage]["budget"] = {"seconds": None, "updates": 10}
+        p[stage]["recipe"]["budget"] = {"seconds": None, "updates": 10}
     p["training"]["threads"] = 2
     assert check.deterministic(Params.model_validate(p))
     p["training"]["threads"] = None  # torch's default: every core of whatever machine runs it

@@ -12,9 +12,13 @@ import pytest
 import torch
 
 from conftest import make_tiny_project, set_params, tiny_training
-from stages import compress, fetch, finetune, lib, prepare_glue, prepare_mlm, pretrain
-from stages.compress import load_variant
-from stages.lib import WORK_DIR, StageError, load_checkpoint
+from lib import harness
+from stages import compress, fetch, finetune, prepare_glue, prepare_mlm, pretrain
+from lib.checkpoints import load_checkpoint
+from lib.errors import StageError
+from lib.harness import WORK_DIR
+from lib.variant_weights import load_variant
+from lib.variants import WEIGHTS_FILE
 
 UNSAFE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
@@ -107,7 +111,7 @@ def test_compress_refuses_a_fine_tuned_checkpoint(marker):
 
 
 def test_a_resumed_run_refuses_its_work_dirs_checkpoint_instead_of_calling_it_truncated(marker, monkeypatch):
-    monkeypatch.setattr(lib, "run_fingerprint", lambda args: "the interrupted run")  # same configuration
+    monkeypatch.setattr(harness, "run_fingerprint", lambda args: "the interrupted run")  # same configuration
     work = WORK_DIR / "pretrain" / "T1"
     work.mkdir(parents=True)
     (work / "fingerprint.json").write_text("the interrupted run")
@@ -117,7 +121,7 @@ def test_a_resumed_run_refuses_its_work_dirs_checkpoint_instead_of_calling_it_tr
 
 
 def test_recovery_refuses_its_work_dirs_checkpoint(marker, monkeypatch):
-    monkeypatch.setattr(lib, "run_fingerprint", lambda args: "the interrupted recovery")
+    monkeypatch.setattr(harness, "run_fingerprint", lambda args: "the interrupted recovery")
     work = WORK_DIR / "compress" / "T1-sst2" / "s0.50"
     work.mkdir(parents=True)
     (work / "fingerprint.json").write_text("the interrupted recovery")
@@ -134,7 +138,7 @@ def fairseq_variant(directory: Path, source: Path) -> Path:
 
 def test_a_compressed_variants_source_is_refused(marker, tmp_path):
     variant = fairseq_variant(tmp_path / "s0.50-fp32", tmp_path / "source.pt")
-    torch.save({}, variant / compress.WEIGHTS_FILE)
+    torch.save({}, variant / WEIGHTS_FILE)
     with planted(tmp_path / "source.pt", marker) as evil, pytest.raises(StageError) as e:
         load_variant(variant)
     assert_refused(e.value, evil, marker)
@@ -142,6 +146,6 @@ def test_a_compressed_variants_source_is_refused(marker, tmp_path):
 
 def test_a_compressed_variants_weights_are_refused(marker, tmp_path):
     variant = fairseq_variant(tmp_path / "s0.50-fp32", Path("models/finetune/T1-sst2/checkpoint.pt").resolve())
-    with planted(variant / compress.WEIGHTS_FILE, marker) as evil, pytest.raises(StageError) as e:
+    with planted(variant / WEIGHTS_FILE, marker) as evil, pytest.raises(StageError) as e:
         load_variant(variant)
     assert_refused(e.value, evil, marker)

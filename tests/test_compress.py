@@ -7,8 +7,11 @@ import torch
 
 from conftest import set_params
 from stages import compress
-from stages.compress import LAYER_MATRIX, WEIGHTS_FILE, dequantize, load_variant
-from stages.lib import StageError, load_checkpoint
+from stages.compress import LAYER_MATRIX
+from lib.checkpoints import load_checkpoint
+from lib.errors import StageError
+from lib.variants import WEIGHTS_FILE
+from lib.variant_weights import dequantize, load_variant
 
 
 def compress_params(**edits):

@@ -9,8 +9,9 @@ import pytest
 from sacrebleu.metrics import BLEU
 
 from conftest import set_params
+from lib import metrics
 from stages import compress, evaluate
-from stages.lib import StageError
+from lib.errors import StageError
 
 
 def read_rows(path) -> list[dict]:
@@ -55,9 +56,9 @@ def test_separable_task_scores_high_and_pruning_90_percent_costs_accuracy(in_tra
 def test_f1_and_mcc_score_the_positive_class_whatever_its_output_index():
     gold = np.array([0, 0, 1, 1, 1])  # outputs in label-dictionary order: here output 0 is label "1"
     predicted = np.array([0, 1, 1, 1, 1])
-    assert evaluate.f1(gold, predicted, positive=0) == pytest.approx(100 * 2 * 1 / (1 + 2))
-    assert evaluate.f1(gold, predicted) == pytest.approx(100 * 2 * 3 / (4 + 3))
-    assert evaluate.mcc(gold, np.ones_like(gold)) == 0.0  # a constant predictor has no correlation
+    assert metrics.f1(gold, predicted, positive=0) == pytest.approx(100 * 2 * 1 / (1 + 2))
+    assert metrics.f1(gold, predicted) == pytest.approx(100 * 2 * 3 / (4 + 3))
+    assert metrics.mcc(gold, np.ones_like(gold)) == 0.0  # a constant predictor has no correlation
 
 
 def test_capped_dev_set_is_recorded(in_trained_project):
@@ -110,7 +111,7 @@ def test_translation_model_scores_high_bleu_on_its_own_training_pairs(tiny_proje
         for name in ("train", "test_2016_flickr"):
             for lang in ("en", "de", "fr"):
                 p["datasets"]["multi30k"]["files"][f"{name}.{lang}.gz"]["sha256"] = sha256(mirror / f"{name}.{lang}.gz")
-        p["train_mt"].update(budget={"seconds": None, "updates": 400}, lr=0.005, validate_every=400, dropout=0.0,
+        p["train_mt"]["recipe"].update(budget={"seconds": None, "updates": 400}, lr=0.005, validate_every=400, dropout=0.0,
                              label_smoothing=0.0)
         p["compress"].update(sparsities=[0.0], bits=[8])
         p["evaluate"]["max_test_sentences"] = None

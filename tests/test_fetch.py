@@ -18,7 +18,7 @@ import yaml
 
 from conftest import REPO, SHARED_MIRROR, UNREACHABLE, gz, kill_once_exists, set_params, sha256
 from stages import fetch
-from stages.lib import DataError, StageError
+from lib.errors import DataError, StageError
 
 RAW = Path("data/raw")
 DOWNLOADS = Path("data/downloads")
@@ -331,7 +331,7 @@ def mnli_zip(path: Path) -> bytes:
 
 
 def add_mnli(project: Path, url: str, digest: str) -> None:
-    real = yaml.safe_load((REPO / "params.yaml").read_text())["datasets"]["mnli"]
+    real = yaml.safe_load((REPO / "datasets.yaml").read_text())["datasets"]["mnli"]
     entry = json.loads(json.dumps(real))
     entry["files"]["MNLI.zip"] = {"url": url, "sha256": digest}
     set_params(project, lambda p: p["datasets"].update(mnli=entry))
@@ -578,7 +578,8 @@ REAL_ROWS = {
 def real_project(tmp_path, monkeypatch):
     if not SHARED_MIRROR.is_dir():
         pytest.skip(f"no real mirror at {SHARED_MIRROR}")
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for name in ("params.yaml", "datasets.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATA_MIRROR", str(SHARED_MIRROR))
     return tmp_path

@@ -61,6 +61,23 @@ def test_an_evaluation_param_reevaluates_without_recompressing(project):
     assert ran == {"evaluate_glue@T1-sst2", "evaluate_mt@T1", "tabulate", "report"}
 
 
+def test_a_library_change_reruns_only_the_stages_that_import_it(project):
+    """dvc.yaml's deps are the code each stage imports (test_code_shape), so editing one library module
+    (here the evaluation metrics) invalidates exactly the stages whose code reaches it; `dvc repro` then runs
+    those, and downstream of them only what reads their outputs."""
+    from test_code_shape import pipeline_stages, stage_code
+    module = "lib/metrics.py"
+    importers = {name for name, stage in pipeline_stages().items() if module in stage_code(stage["module"])}
+    instances = run("dvc", "stage", "list", "--name-only").stdout.split()
+    expected = {name for name in instances if name.split("@")[0] in importers}
+    assert expected and {name.split("@")[0] for name in expected} == {"evaluate_glue", "evaluate_mt"}
+    with open(project / module, "a") as f:
+        f.write("\n# an edit that changes no behaviour\n")
+    assert set(json.loads(run("dvc", "status", "--json").stdout)) == expected
+    _, ran = repro()
+    assert expected <= ran and ran - expected <= {"tabulate", "report"}, ran  # timings in the rows change
+
+
 def test_two_clean_runs_of_the_ci_profile_score_exactly_the_same(pipeline, tmp_path_factory, monkeypatch):
     again = tmp_path_factory.mktemp("again")
     build_dvc_project(again, tiny_pipeline)

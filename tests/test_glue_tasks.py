@@ -43,7 +43,7 @@ def every_task(tmp_path_factory):
     if not SHARED_MIRROR.is_dir():
         pytest.skip(f"no real mirror at {SHARED_MIRROR}")
     root = tmp_path_factory.mktemp("glue_tasks")
-    real = yaml.safe_load((REPO / "params.yaml").read_text())["datasets"]
+    real = yaml.safe_load((REPO / "datasets.yaml").read_text())["datasets"]
 
     def edit(p):
         tiny_pipeline(p)
@@ -54,7 +54,7 @@ def every_task(tmp_path_factory):
         p["datasets"] |= readme_dataset(root / "reviews")
         p["data"]["glue_tasks"] = [*MIRRORED, *OWN]
         p["prepare_glue"].update(max_train_examples=32, max_dev_examples=16)
-        p["finetune"].update(budget={"seconds": None, "updates": 4}, validate_every=4, valid_batches=1)
+        p["finetune"]["recipe"].update(budget={"seconds": None, "updates": 4}, validate_every=4, valid_batches=1)
         p["compress"].update(sparsities=[0.0], bits=[8], onnx_sparsities=[0.0])
     build_dvc_project(root, edit, stages=None)
     with pytest.MonkeyPatch.context() as mp:

@@ -9,9 +9,11 @@ import pytest
 from conftest import pruned
 import torch
 
-from stages.hf_m2m100 import (ONNX_FP32_FILES, ONNX_INT8_FILES, SPM_FILE, decode, encode,
-                              export_onnx_translator, save_transformers_translator)
-from stages.lib import StageError, allow_checkpoint_globals, load_checkpoint, read_lines
+from lib.checkpoints import allow_checkpoint_globals, load_checkpoint
+from lib.errors import StageError
+from lib.files import read_lines
+from lib.hf_m2m100 import (ONNX_FP32_FILES, ONNX_INT8_FILES, SPM_FILE, decode, encode, export_onnx_translator,
+                           save_transformers_translator)
 
 DATA = Path("data/bin/mt")
 MAX_LEN = 40  # tokens before a forced </s>, fairseq's --max-len-b: the tiny models often run to it

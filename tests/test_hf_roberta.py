@@ -10,9 +10,9 @@ import pytest
 from conftest import pruned
 import torch
 
-from stages.hf_roberta import (ONNX_FP32_FILE, ONNX_INT8_FILE, export_onnx_classifier,
-                               save_transformers_classifier)
-from stages.lib import StageError, allow_checkpoint_globals, load_checkpoint
+from lib.checkpoints import allow_checkpoint_globals, load_checkpoint
+from lib.errors import StageError
+from lib.hf_roberta import ONNX_FP32_FILE, ONNX_INT8_FILE, export_onnx_classifier, save_transformers_classifier
 
 SPM = Path("data/bin/mlm/spm.model")
 SST2 = Path("data/bin/glue/sst2")

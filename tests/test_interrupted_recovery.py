@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import set_params
 from stages import compress
-from stages.lib import WORK_DIR
+from lib.harness import WORK_DIR
 
 
 def read_curve(path) -> list[dict]:

@@ -183,7 +183,7 @@ def curve_rows(path: Path) -> int:
 @pytest.mark.parametrize("mode", [pytest.param("slurm", marks=needs_slurm), pytest.param("local", marks=pytest.mark.skipif(
     slurm_up(), reason="SLURM's requeue carries this test here (the local kill runs where SLURM does not)"))])
 def test_a_killed_job_resumes_where_it_stopped_and_ends_within_its_budget(workspace, mode):
-    set_params(workspace, lambda p: p["pretrain"].update(budget={"seconds": None, "updates": 400}, validate_every=50))
+    set_params(workspace, lambda p: p["pretrain"]["recipe"].update(budget={"seconds": None, "updates": 400}, validate_every=50))
     commit(workspace, "a longer pretraining")
     plan = folder(workspace)
     args = ["slurm", "--wait", "--poll", "1"] if mode == "slurm" else ["local"]
@@ -334,8 +334,11 @@ def test_a_job_whose_inputs_change_during_its_run_fails_and_caches_nothing(toy, 
 def test_concurrent_writers_keep_the_shared_cache_and_run_cache_valid(tmp_path, monkeypatch):
     """DVC writes every cache object and run-cache entry to a temporary name, then renames it into place
     (dvc_objects LocalFileSystem.copy/put_file, dvc/stage/cache.py StageCache.save): readers never see a
-    partial file, and writers of one object, which is content-addressed, write the same bytes.
-    Here four checkouts, two parameter values, run the toy pipeline at once into one cache."""
+    partial object, and writers of one object, which is content-addressed, write the same bytes. DVC's
+    own run-cache look-up does see a writer's temporary entry, and deletes it when half-written, failing
+    that writer (launch/runcache.py; the next test): the launcher's DVC looks up only finished entries.
+    Here four checkouts, two parameter values, run the toy pipeline at once into one cache, each with the
+    launcher and two slots (plain `dvc repro` in each, at once, is not safe with DVC 3.67)."""
     project = make_toy(tmp_path)
     cache = tmp_path / "shared-cache"
     clones = []
@@ -346,25 +349,56 @@ def test_concurrent_writers_keep_the_shared_cache_and_run_cache_valid(tmp_path, 
         run("dvc", "config", "--local", "cache.dir", str(cache))
         if i % 2:
             (clone / "params.yaml").write_text("train: {lr: 0.3, budget: {seconds: 7200}}\n")
+            commit(clone, "lr 0.3")
         clones.append(clone)
-    procs = [subprocess.Popen(["dvc", "repro"], cwd=c, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for c in clones]
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        assert p.returncode == 0, out
+    procs = [subprocess.Popen([sys.executable, "-m", "launch", "local", "-j", "2"], cwd=c, env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in clones]
+    for clone, p in zip(clones, procs):
+        out, _ = p.communicate(timeout=180)
+        logs = "".join(f"\n--- {log.name}\n{log.read_text()}" for log in sorted((folder(clone) / "logs").glob("*.log")))
+        assert p.returncode == 0 and "all jobs done" in out, out + logs
     objects = [p for p in (cache / "files" / "md5").rglob("*") if p.is_file()]
     assert len(objects) >= 4
     for path in objects:   # content-addressed: every object's name is its md5
         assert hashlib.md5(path.read_bytes()).hexdigest() == path.parent.name + path.name.removesuffix(".dir")
     entries = [p for p in (cache / "runs").rglob("*") if p.is_file()]
-    assert entries and all(yaml.safe_load(p.read_text())["cmd"] for p in entries)
+    assert len(entries) == 5 and all(yaml.safe_load(p.read_text())["cmd"] for p in entries)   # prep, train@a/b x 2 lr
     assert not [p for p in cache.rglob("*.tmp*")]
     fresh = tmp_path / "fresh"
     run("git", "clone", "-q", str(project), str(fresh))
-    monkeypatch.chdir(fresh)
-    run("dvc", "config", "--local", "cache.dir", str(cache))
-    out = run("dvc", "repro").stdout
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"report"}, out
+    for workspace in (fresh, clones[1]):   # lr 0.1 and lr 0.3: all but report restored from the run-cache
+        monkeypatch.chdir(workspace)
+        run("dvc", "config", "--local", "cache.dir", str(cache))
+        out = run("dvc", "repro").stdout
+        assert set(re.findall(r"Running stage '([^']+)'", out)) == {"report"}, out
+        assert len(re.findall(r"is cached - skipping run", out)) == 3, out
+
+
+def test_the_launchers_run_cache_look_up_leaves_a_writers_temporary_entry_alone(toy):
+    """The race of the test above, made certain: a writer's half-written entry, the newest file in its
+    stage's run-cache folder (as StageCache.save leaves it before its rename). Plain DVC takes it for the
+    entry, finds it corrupted and deletes it (the writer's rename then fails: "[Errno 2] No such file or
+    directory: '<cache>/runs/<key[:2]>/<key>/.<random>.tmp'"); the launcher's restore skips it and
+    restores the finished entry. When plain DVC stops deleting it, launch/runcache.py can go."""
+    run("dvc", "repro", "prep")
+    (toy / "dvc.lock").unlink()   # (with it, DVC takes the outputs' hashes from there, not from the run-cache)
+    (entry,) = [p for p in (toy / ".dvc/cache/runs").rglob("*") if p.is_file()]
+
+    def half_written():
+        tmp = entry.parent / ".launch-test-partial.tmp"
+        tmp.write_text("")   # what it holds until dump_yaml closes it: the entry is a few hundred bytes
+        os.utime(tmp, (entry.stat().st_mtime + 10,) * 2)
+        return tmp
+
+    shutil.rmtree(toy / "data")
+    tmp = half_written()
+    out = run("python", "-c", "from pathlib import Path; from launch.plan import restore; "
+                              "print(sorted(restore(Path('.'))))")
+    assert out.stdout.strip() == "['prep']" and tmp.exists() and entry.exists(), out.stdout + out.stderr
+    assert (toy / "data/x.bin").is_file()
+    shutil.rmtree(toy / "data")
+    out = run("dvc", "repro", "prep")   # plain DVC: the entry it takes is the writer's file
+    assert "corrupted cache file" in out.stdout + out.stderr and not tmp.exists(), out.stdout + out.stderr
 
 
 def test_launcher_errors_name_what_to_fix(toy):

@@ -3,19 +3,18 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from conftest import REPO
-from stages.lib import StageError, load_params
+from conftest import REPO, read_params, write_params
+from lib.errors import StageError
+from lib.params import load_params
 
 
 def invalid(tmp_path, edit) -> str:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO)
     edit(params)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    write_params(tmp_path, params)
     with pytest.raises(StageError) as e:
-        load_params(path)
+        load_params(tmp_path / "params.yaml")
     return str(e.value)
 
 
@@ -89,9 +88,9 @@ def test_split_must_name_a_listed_file(tmp_path):
 
 def test_stage_fails_before_any_work(tmp_path):
     """A stage run with bad params exits 2 with the message and writes nothing."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO)
     params["prepare_glue"]["max_dev_examples"] = -5
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(tmp_path, params)
     run = subprocess.run([sys.executable, "-m", "stages.fetch", "sst2"], cwd=tmp_path, capture_output=True,
                          text=True, env={"PYTHONPATH": str(REPO), "PATH": ""})
     assert run.returncode == 2, run.stderr
@@ -138,7 +137,7 @@ def test_control_sizes_must_be_pretrained_sizes(tmp_path):
 
 
 def test_end_lr_above_the_peak_is_refused(tmp_path):
-    msg = invalid(tmp_path, lambda p: p["pretrain"].update(lr=0.001, end_lr=0.01))
+    msg = invalid(tmp_path, lambda p: p["pretrain"]["recipe"].update(lr=0.001, end_lr=0.01))
     assert "end_lr 0.01 is above lr 0.001" in msg
 
 

@@ -8,7 +8,7 @@ from fairseq.data import Dictionary, data_utils
 
 from conftest import set_params
 from stages import fetch, prepare_glue, prepare_mlm, prepare_mt
-from stages.lib import DataError
+from lib.errors import DataError
 
 
 def load(prefix: Path, dictionary: Dictionary):

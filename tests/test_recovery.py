@@ -8,8 +8,10 @@ import torch
 
 from conftest import set_params
 from stages import compress, evaluate
-from stages.compress import LAYER_MATRIX, load_variant
-from stages.lib import WORK_DIR, load_checkpoint
+from stages.compress import LAYER_MATRIX
+from lib.checkpoints import load_checkpoint
+from lib.harness import WORK_DIR
+from lib.variant_weights import load_variant
 
 
 def configure(recovery_updates=None, sparsities=(0.0, 0.99), onnx=()):

@@ -16,7 +16,8 @@ from PIL import Image
 
 from conftest import set_params
 from stages import check, compress, evaluate, report, tabulate
-from stages.lib import StageError, model_non_embedding_params, non_embedding_params
+from lib.errors import StageError
+from lib.model_size import model_non_embedding_params, non_embedding_params
 
 FIGURES = ["mlm_curves", "mt_curves", "throughput", "sparsity", "bits", "frontier", "latency"]
 CONTROL_VALUE = 12.3456  # the pretraining control's score: a number no other table has
@@ -118,7 +119,7 @@ def test_check_without_a_baseline_says_how_to_make_one(reported):
 
 
 def test_one_contradicting_sweep_refutes_a_claim_about_all_sizes():
-    from stages.verdicts import combine, ordered
+    from lib.verdicts import combine, ordered
     assert ordered([8.29, 8.39, 8.51], 0.05) == "does not hold"  # the default run's depth sweep
     assert ordered([8.40, 8.39, 8.44], 0.05) == "inconclusive"   # its width sweep: ties
     assert combine(["does not hold", "inconclusive"]) == "does not hold"
@@ -129,7 +130,7 @@ def test_one_contradicting_sweep_refutes_a_claim_about_all_sizes():
 
 
 def test_a_model_no_better_than_constant_prediction_is_neither_shipped_nor_compared():
-    from stages.verdicts import recommendation, verdict_robustness
+    from lib.verdicts import recommendation, verdict_robustness
 
     def rows(task, size, parameters, values, constant):
         return [{"task": task, "size": size, "parameters": parameters, "variant": variant, "format": fmt,
@@ -224,7 +225,7 @@ def test_masked_lm_figure_draws_the_unigram_baseline(tiny):
 
 
 def test_pretraining_control_compares_intervals():
-    from stages.verdicts import verdict_pretraining
+    from lib.verdicts import verdict_pretraining
     assert verdict_pretraining((80, 75, 85), (60, 55, 65)) == "pretraining helps at this budget"
     assert verdict_pretraining((60, 55, 65), (80, 75, 85)) == "random initialisation does better at this budget"
     # the pretrained interval lies above the random score, but the random interval reaches the pretrained

@@ -23,7 +23,7 @@ def test_a_killed_stages_scratch_is_removed_by_the_next_stage_run_and_a_live_one
     assert killed_scratch.is_dir()  # what a kill -9 leaves: no cleanup runs
 
     live_scratch = Path("models/compressed/.T1-sst2.tmp")  # a stage still writing it
-    live = python("-c", "import time\nfrom stages.lib import atomic_dir\n"
+    live = python("-c", "import time\nfrom lib.files import atomic_dir\n"
                         "with atomic_dir('models/compressed/T1-sst2'):\n    print('writing', flush=True)\n"
                         "    time.sleep(120)", stdout=subprocess.PIPE)
     try:

@@ -13,7 +13,9 @@ import torch
 
 from conftest import set_params, tiny_training
 from stages import fetch, finetune, prepare_glue, prepare_mlm, prepare_mt, pretrain, train_mt
-from stages.lib import WORK_DIR, StageError, load_checkpoint
+from lib.checkpoints import load_checkpoint
+from lib.errors import StageError
+from lib.harness import WORK_DIR
 
 def read_curve(path) -> list[dict]:
     with open(path) as f:
@@ -120,7 +122,7 @@ def validation_interval(seconds: list[float]) -> float:
 # kill -9, preemption, Ctrl-C
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda sig: sig.name)
 def test_kill_and_resume_with_an_update_budget(prepared, sig):
-    set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": None, "updates": 40}))
+    set_params(prepared, lambda p: p["pretrain"]["recipe"].update(budget={"seconds": None, "updates": 40}))
     work = WORK_DIR / "pretrain" / "T2"
     process = stage_process("stages.pretrain", "T2")
     kill_after_points(process, work / "curve.csv", 3, sig=sig)
@@ -132,7 +134,7 @@ def test_kill_and_resume_with_an_update_budget(prepared, sig):
 
 def test_resume_survives_a_kill_during_a_checkpoint_copy(prepared):
     """fairseq copies the checkpoint to checkpoint_last.pt non-atomically; a kill there truncates it."""
-    set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": None, "updates": 24}))
+    set_params(prepared, lambda p: p["pretrain"]["recipe"].update(budget={"seconds": None, "updates": 24}))
     work = WORK_DIR / "pretrain" / "T2"
     kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 3)
     time.sleep(0.5)
@@ -145,7 +147,7 @@ def test_resume_survives_a_kill_during_a_checkpoint_copy(prepared):
 
 def test_kill_and_resume_with_a_time_budget(prepared):
     budget = 12.0
-    set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": budget, "updates": None}))
+    set_params(prepared, lambda p: p["pretrain"]["recipe"].update(budget={"seconds": budget, "updates": None}))
     work = WORK_DIR / "pretrain" / "T2"
     kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 2)
     killed = [float(r["seconds"]) for r in read_curve(work / "curve.csv")]
@@ -164,7 +166,7 @@ def test_a_late_kill_still_ends_within_one_interval_of_a_time_budget(prepared, m
     loading a large corpus is) as training time: the killed run counted its own, and the resumed one's
     alone would overshoot the budget before the first update could check it."""
     budget = 6.0
-    set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": budget, "updates": None}))
+    set_params(prepared, lambda p: p["pretrain"]["recipe"].update(budget={"seconds": budget, "updates": None}))
     work = WORK_DIR / "pretrain" / "T2"
     kill_when(stage_process("stages.pretrain", "T2"), work / "curve.csv",
               lambda rows: len(rows) >= 2 and float(rows[-1]["seconds"]) >= budget / 2)
@@ -188,11 +190,11 @@ def test_a_late_kill_still_ends_within_one_interval_of_a_time_budget(prepared, m
 
 
 def test_changed_flags_start_an_interrupted_run_over(prepared):
-    set_params(prepared, lambda p: p["pretrain"].update(budget={"seconds": None, "updates": 24}))
+    set_params(prepared, lambda p: p["pretrain"]["recipe"].update(budget={"seconds": None, "updates": 24}))
     work = WORK_DIR / "pretrain" / "T2"
     kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 2)
     killed = read_curve(work / "curve.csv")
-    set_params(prepared, lambda p: p["pretrain"].update(lr=0.001))
+    set_params(prepared, lambda p: p["pretrain"]["recipe"].update(lr=0.001))
     pretrain.main(["T2"])
     curve = read_curve("reports/curves/pretrain-T2.csv")
     assert [int(r["updates"]) for r in curve] == list(range(4, 25, 4))
@@ -262,7 +264,7 @@ def test_data_parallel_world_size_must_match_torchrun(prepared, monkeypatch):
 def test_data_parallel_kill_and_resume(prepared):
     """A kill -9 of the stage stops its ranks too; the next run resumes on both ranks."""
     set_params(prepared, lambda p: (p["training"].update(world_size=2),
-                                    p["pretrain"].update(budget={"seconds": None, "updates": 40})))
+                                    p["pretrain"]["recipe"].update(budget={"seconds": None, "updates": 40})))
     work = WORK_DIR / "pretrain" / "T2"
     kill_after_points(stage_process("stages.pretrain", "T2"), work / "curve.csv", 3, timeout=600)
     deadline = time.time() + 30
@@ -281,12 +283,12 @@ def test_cuda_precision_flags_train_every_stage_with_fairseqs_mixed_precision_tr
     CPU when torch sees no GPU, so its mixed-precision trainer (half or bfloat16 model, fp32 master weights)
     runs under the stages' hooks. Not a GPU test: it catches flag and dtype faults, such as fairseq's --bf16
     implying a TPU, or half-precision weights reaching pruning and the CPU evaluation."""
-    from stages import lib
-    monkeypatch.setattr(lib, "training_device", lambda training: "cuda")
+    from lib import devices
+    monkeypatch.setattr(devices, "training_device", lambda training: "cuda")
     # fairseq's flat fp32 master copy (fp16) is keyed by the parameters' device index: None on the CPU
     monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
     set_params(prepared, lambda p: (p["training"].update(precision=precision),
-                                    p["finetune"].update(budget={"seconds": None, "updates": 15})))
+                                    p["finetune"]["recipe"].update(budget={"seconds": None, "updates": 15})))
     pretrain.main(["T1"])
     finetune.main(["T1", "sst2"])
     train_mt.main(["T1"])
@@ -327,8 +329,8 @@ def test_cpu_bf16_trains_under_autocast_and_its_checkpoint_loads_in_fp32(prepare
 
 
 def test_auto_precision_follows_the_cpus_bf16_instructions():
-    from stages.lib import training_precision
-    from stages.schema import Training
+    from lib.devices import training_precision
+    from lib.schema import Training
     auto = Training(device="cpu", precision="auto", world_size=1, threads=None, seed=1)
     assert training_precision(auto, cpu_flags=["avx2", "avx512f", "avx512_bf16"]) == "bf16"
     assert training_precision(auto, cpu_flags=["avx2", "amx_bf16"]) == "bf16"
@@ -338,7 +340,7 @@ def test_auto_precision_follows_the_cpus_bf16_instructions():
 
 
 def test_linear_schedule_ends_at_its_end_lr_exactly_when_an_update_budget_is_spent(prepared):
-    set_params(prepared, lambda p: p["pretrain"].update(lr_schedule="linear", lr=0.002, end_lr=0.0001,
+    set_params(prepared, lambda p: p["pretrain"]["recipe"].update(lr_schedule="linear", lr=0.002, end_lr=0.0001,
                                                          warmup_updates=2))
     pretrain.main(["T1"])
     lrs = [float(r["lr"]) for r in read_curve("reports/curves/pretrain-T1.csv")]  # after updates 4, 8, 12
@@ -349,7 +351,7 @@ def test_linear_schedule_ends_at_its_end_lr_exactly_when_an_update_budget_is_spe
 
 def test_linear_schedule_of_a_time_budget_decays_with_the_seconds_spent(prepared):
     budget, peak = 8.0, 0.002
-    set_params(prepared, lambda p: p["pretrain"].update(lr_schedule="linear", lr=peak, end_lr=0.0,
+    set_params(prepared, lambda p: p["pretrain"]["recipe"].update(lr_schedule="linear", lr=peak, end_lr=0.0,
                                                          warmup_updates=2, budget={"seconds": budget, "updates": None}))
     pretrain.main(["T1"])
     curve = read_curve("reports/curves/pretrain-T1.csv")
@@ -361,7 +363,7 @@ def test_linear_schedule_of_a_time_budget_decays_with_the_seconds_spent(prepared
 
 
 def test_budget_fraction_is_whichever_budget_bounds_the_run():
-    from stages.schedule import budget_fraction
+    from lib.schedule import budget_fraction
     assert budget_fraction(50, 0.0, max_update=100, stop_time_hours=0) == 0.5
     assert budget_fraction(10, 1800.0, max_update=0, stop_time_hours=1.0) == 0.5
     assert budget_fraction(200, 0.0, max_update=100, stop_time_hours=0) == 1.0

@@ -6,7 +6,7 @@ budget cannot know its update count in advance, so here the decay follows the fr
 updates / max_update for an update budget (then this is polynomial_decay with power 1), training seconds /
 budget seconds for a time budget. fairseq has no time-based scheduler; this registers one, `budget_linear`,
 which fairseq-train selects with `--lr-scheduler budget_linear` once this module is imported. The training
-harness (stages/lib.py, train_with_budget) points `elapsed` at the trainer's clock, the one `--stop-time-hours` reads.
+harness (lib/harness.py, train_with_budget) points `elapsed` at the trainer's clock, the one `--stop-time-hours` reads.
 """
 from dataclasses import dataclass, field
 from typing import List

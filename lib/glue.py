@@ -2,8 +2,10 @@
 files with it and prepare_glue reads fetch's normalized data/raw/<task>/ files with it again (they may
 have been edited by hand since), so both apply the same checks and name a bad row by file and line."""
 import math
+from pathlib import Path
 
-from stages.lib import DataError
+from lib.errors import DataError
+from lib.files import read_lines
 
 
 def normalized_fields(pair: bool) -> list[str]:
@@ -59,3 +61,12 @@ def regression_target(label: str, label_range) -> float:
     scales STS-B's 0-5 scores."""
     low, high = label_range
     return (float(label) - low) / (high - low)
+
+
+def read_tsv(path: Path, meta: dict) -> list[dict]:
+    """The rows of a TSV normalized by fetch (no quoting: fields never hold tabs or newlines), checked as
+    fetch checked them; `meta`: the task's meta.json."""
+    fields = normalized_fields(meta["pair"])
+    lines = ((path, number, line) for number, line in enumerate(read_lines(path), start=1))
+    return list(glue_rows(lines, {f: f for f in fields}, True, meta["labels"], meta["label_range"]))
+

@@ -12,15 +12,13 @@ id is its spm id + 1, XLM-R's fairseq_offset, and the task's trailing <mask> is 
 Inputs are laid out as sentence_prediction does (--init-token 0 --separator-token 2):
 <s> a </s> and <s> a </s> </s> b </s>, which is XLM-R's layout, so pipelines take raw text.
 """
-import argparse
-import contextlib
-import logging
-import warnings
 from pathlib import Path
 
 import torch
 
-from stages.lib import StageError
+from lib.checkpoints import checkpoint_options
+from lib.errors import StageError
+from lib.onnx_export import quantize_int8, quiet
 
 ONNX_FP32_FILE = "model.onnx"            # in fp32_dir: ORTModelForSequenceClassification.from_pretrained(fp32_dir)
 ONNX_INT8_FILE = "model_quantized.onnx"  # in int8_dir: ... .from_pretrained(int8_dir, file_name=ONNX_INT8_FILE)
@@ -124,16 +122,6 @@ def check_classifier(checkpoint: dict) -> tuple[dict, str]:
     return opts, f"classification_heads.{name}"
 
 
-def checkpoint_options(checkpoint: dict) -> tuple[dict, dict, str, str]:
-    """A fairseq checkpoint's model options, task options, architecture and task name, as dicts whether
-    fairseq stored an argparse Namespace (older checkpoints) or an omegaconf DictConfig."""
-    def options(section) -> dict:
-        return vars(section) if isinstance(section, argparse.Namespace) else dict(section or {})
-    cfg = checkpoint.get("cfg") or {}
-    opts, task = options(cfg.get("model")), options(cfg.get("task"))
-    return opts, task, opts.get("arch", opts.get("_name")), task.get("_name")
-
-
 def export_onnx_classifier(hf_dir: Path, fp32_dir: Path, int8_dir: Path) -> None:
     """The transformers classifier in `hf_dir` as ONNX fp32 (fp32_dir/ONNX_FP32_FILE) and ONNX Runtime
     dynamic int8 (int8_dir/ONNX_INT8_FILE), each directory with the config and tokenizer, so
@@ -147,30 +135,3 @@ def export_onnx_classifier(hf_dir: Path, fp32_dir: Path, int8_dir: Path) -> None
         AutoTokenizer.from_pretrained(hf_dir).save_pretrained(fp32_dir)
         # writes int8_dir/ONNX_INT8_FILE (model + "_quantized"), ort_config.json (the settings), config, tokenizer
         quantize_int8(fp32_dir, ONNX_FP32_FILE, int8_dir)
-
-
-def quantize_int8(fp32_dir: Path, file_name: str, int8_dir: Path) -> None:
-    """ONNX Runtime dynamic int8 quantization (activation scales computed at run time: no calibration
-    data), per-channel weights. avx2's u8 weights, not avx512_vnni's (or arm64's) s8: without VNNI,
-    ORT's u8 x s8 kernel (VPMADDUBSW) saturates its 16-bit sums; on an AVX2-only CPU the s8 model agreed
-    with fp32 on 60% of SST-2 dev (L4-H384) and 130/200 translations (L2-H256), the u8 one on 98.6% and
-    173/200. u8 x u8 is correct on every x86-64 CPU, VNNI or not, at full 8-bit range."""
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
-    qconfig = AutoQuantizationConfig.avx2(is_static=False, per_channel=True)
-    ORTQuantizer.from_pretrained(fp32_dir, file_name=file_name).quantize(qconfig, save_dir=int8_dir)
-
-@contextlib.contextmanager
-def quiet():
-    """Silence the tracer warnings and info logs of an export; errors still show."""
-    loggers = [logging.getLogger(n) for n in ("transformers", "optimum", "torch.onnx")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

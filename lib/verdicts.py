@@ -4,6 +4,8 @@ bootstrap confidence intervals, or `report.loss_tolerance` for losses) decides n
 import numpy as np
 import pandas as pd
 
+from lib.variants import DENSE, FAIRSEQ_FP32, SIMULATED
+
 
 def sweeps(curves: pd.DataFrame) -> dict:
     """The depth sweep (sizes sharing the most common width) and the width sweep (sharing the most
@@ -83,8 +85,8 @@ def verdict_robustness(rows: pd.DataFrame):
     wins = losses = ties = 0
     dense_scores, left_out = [], []
     for task in sorted(rows.task.unique()):
-        d = rows[(rows.task == task) & rows.format.isin(["fairseq fp32", "simulated k-bit"])]
-        dense = {size: d[(d["size"] == size) & (d.variant == "s0.00-fp32")].iloc[0] for size in size_order(d)}
+        d = rows[(rows.task == task) & rows.format.isin([FAIRSEQ_FP32, SIMULATED])]
+        dense = {size: d[(d["size"] == size) & (d.variant == DENSE)].iloc[0] for size in size_order(d)}
         dense_scores += [f"{task} {size} {r.value:.3g}" for size, r in dense.items()]
         at_constant = [size for size, r in dense.items() if not learned(r)]
         if at_constant:
@@ -96,7 +98,7 @@ def verdict_robustness(rows: pd.DataFrame):
         drop = {}
         for name in (compared[0], compared[-1]):
             drop[name] = {(r.target_sparsity, r.bits): (dense[name].value - r.value, (r.ci_high - r.ci_low) / 2)
-                          for r in d[d["size"] == name].itertuples() if r.variant != "s0.00-fp32"}
+                          for r in d[d["size"] == name].itertuples() if r.variant != DENSE}
         small, large = drop[compared[0]], drop[compared[-1]]
         for key in small.keys() & large.keys():
             (ds, hs), (dl, hl) = small[key], large[key]
@@ -128,7 +130,7 @@ def verdict_equal_size(rows: pd.DataFrame):
     evidence = []
     for task in sorted(rows.task.unique()):
         d = rows[rows.task == task]
-        dense = d[(d.format == "fairseq fp32") & (d.target_sparsity == 0)]
+        dense = d[(d.format == FAIRSEQ_FP32) & (d.target_sparsity == 0)]
         for budget in sorted(dense.bytes_zip):
             best_dense = dense[dense.bytes_zip <= budget].sort_values("value").iloc[-1]
             best = d[d.bytes_zip <= budget].sort_values("value").iloc[-1]

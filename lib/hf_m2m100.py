@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-from stages.hf_roberta import checkpoint_options, quantize_int8, quiet  # shared with the classifier
-from stages.lib import StageError
+from lib.checkpoints import checkpoint_options
+from lib.errors import StageError
+from lib.onnx_export import quantize_int8, quiet
 
 SPM_FILE = "spm.model"  # the sentencepiece model, in every output directory
 # optimum's export (encoder, decoder without and with past key values), in fp32_dir

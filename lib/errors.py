@@ -1,0 +1,27 @@
+"""Errors a user can act on, and logging."""
+import sys
+import time
+
+
+class StageError(Exception):
+    """An error the user can act on; printed without a traceback."""
+
+
+class DataError(StageError):
+    """Bad input data, located by file and (when known) line."""
+
+    def __init__(self, path, message, line=None):
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+
+def in_context_chain(error: BaseException, kind: type):
+    """`error` or the first exception it was raised while handling, that is a `kind`."""
+    while error is not None and not isinstance(error, kind):
+        error = error.__context__
+    return error
