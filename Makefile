@@ -7,12 +7,19 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 .PHONY: repro repro-timed test gpu-check
-# `make repro PROFILE=paper` first applies profiles/paper.yaml to params.yaml
+# `make repro PROFILE=paper` runs the pipeline with profiles/paper.yaml's values as the DVC experiment `paper`:
+# `dvc exp run --temp -n paper -S key=value ...` (profiles/overrides.py checks the profile first and prints the
+# command). params.yaml is not written: the run is in a temporary copy of the workspace, and the workspace's
+# params.yaml, dvc.lock and outputs stay as they are. `dvc exp show` lists the experiment; `dvc exp apply paper`
+# brings its params and outputs into the workspace. EXP_RUN_FLAGS= (empty) runs it in the workspace instead,
+# where a killed run resumes, and which then holds the profile's params and outputs (as after any `dvc exp run -S`).
+EXP_RUN_FLAGS ?= --temp
 repro: $(VENV)/.installed
 ifdef PROFILE
-	python profiles/apply.py $(PROFILE)
-endif
+	python profiles/overrides.py $(PROFILE) --run $(EXP_RUN_FLAGS)
+else
 	dvc repro
+endif
 
 # `make repro` with each line of DVC's output stamped with the seconds since the start (reports/repro.log),
 # then where the time went by stage kind (bench/repro_times.py: reports/repro-times.json)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import REPO, set_params, tiny_training
-from profiles.apply import merge
+from profiles.overrides import merge
 from stages import check
 from test_pipeline_dvc import build_dvc_project, enter_copy, repro, run
 
