@@ -58,7 +58,8 @@ def log_axis(ax, axis: str = "x") -> None:
 def figure_legend(fig, axes, title: str | None = None, first: list = ()) -> None:
     """One legend for the whole figure, right of the panels where it hides no data: every labelled
     entry of every panel (seaborn's legends and lines drawn here), each once; labels in `first` (the
-    sizes, smallest first) lead, in that order."""
+    sizes, smallest first) lead, in that order, or follow seaborn's own "size" heading where a panel
+    draws several legend sections (hue and style): a size only one panel has stays with the others."""
     entries = {}
     for ax in axes:
         legend = ax.get_legend()
@@ -68,7 +69,10 @@ def figure_legend(fig, axes, title: str | None = None, first: list = ()) -> None
             legend.remove()
         for handle, label in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(label, handle)
-    labels = sorted(entries, key=lambda label: first.index(label) if label in first else len(first))
+    sizes = [label for label in first if label in entries]
+    rest = [label for label in entries if label not in first]
+    cut = rest.index("size") + 1 if "size" in rest else 0  # seaborn's heading of the hue section
+    labels = rest[:cut] + sizes + rest[cut:]
     fig.legend([entries[label] for label in labels], labels, title=title, loc="upper left", bbox_to_anchor=(1, 0.95),
                frameon=False)
 

@@ -169,7 +169,7 @@ def per_task(rows: pd.DataFrame, draw, name: str, width=5.0, legend_title: str |
         if len(constant):  # what a model that ignores its input scores
             ax.axhline(constant.iloc[0], color="grey", linestyle="--", linewidth=1, label="constant prediction")
         ax.set_title(f"{task} ({data.split.iloc[0]}, {data.examples.iloc[0]} examples)")
-    figure_legend(fig, axes[0], legend_title, order if legend_title else [])
+    figure_legend(fig, axes[0], legend_title, order)
     return save(fig, name)
 
 
