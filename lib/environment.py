@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib.figures import table
+from lib.glue_task import GLUE_DATA
 
 PACKAGES = ["torch", "fairseq", "ve-fairseq", "fairseq-fixed", "transformers", "optimum", "optimum-onnx",
             "onnxruntime", "sacrebleu", "dvc", "seaborn"]
@@ -23,7 +24,7 @@ def environment(params, variants: pd.DataFrame) -> str:
     caps = {}
     # what the prepare stages capped (dvc.yaml's report stage declares these files)
     for path in [Path("data/bin/mlm/caps.json"), Path("data/bin/mt/caps.json"),
-                 *(Path("data/bin/glue") / task / "meta.json" for task in params.data.glue_tasks)]:
+                 *(GLUE_DATA / task / "meta.json" for task in params.data.glue_tasks)]:
         recorded = json.loads(path.read_text())
         caps[str(path.parent)] = recorded.get("caps", recorded)
     sizes = pd.DataFrame([{"task": kind, "size": n, **s.model_dump()}

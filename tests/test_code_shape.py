@@ -43,10 +43,6 @@ def code_closure(module: str) -> set[str]:
     return {f for f in files if not f.endswith("__init__.py")}
 
 
-def stage_code(module: str) -> set[str]:
-    return code_closure(module)
-
-
 def declared_code(stage: dict) -> set[str]:
     return {d for d in stage.get("deps", []) if isinstance(d, str) and d.endswith(".py")}
 
@@ -80,7 +76,7 @@ def test_library_never_imports_a_stage():
 def test_every_stage_declares_exactly_the_code_it_imports():
     mismatched = {}
     for name, stage in pipeline_stages().items():
-        needed, declared = stage_code(stage["module"]), declared_code(stage)
+        needed, declared = code_closure(stage["module"]), declared_code(stage)
         if needed != declared:
             mismatched[name] = {"undeclared": sorted(needed - declared), "not imported": sorted(declared - needed)}
     assert not mismatched, f"dvc.yaml deps differ from the code each stage imports: {mismatched}"

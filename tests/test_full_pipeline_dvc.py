@@ -65,9 +65,9 @@ def test_a_library_change_reruns_only_the_stages_that_import_it(project):
     """dvc.yaml's deps are the code each stage imports (test_code_shape), so editing one library module
     (here the evaluation metrics) invalidates exactly the stages whose code reaches it; `dvc repro` then runs
     those, and downstream of them only what reads their outputs."""
-    from test_code_shape import pipeline_stages, stage_code
+    from test_code_shape import code_closure, pipeline_stages
     module = "lib/metrics.py"
-    importers = {name for name, stage in pipeline_stages().items() if module in stage_code(stage["module"])}
+    importers = {name for name, stage in pipeline_stages().items() if module in code_closure(stage["module"])}
     instances = run("dvc", "stage", "list", "--name-only").stdout.split()
     expected = {name for name in instances if name.split("@")[0] in importers}
     assert expected and {name.split("@")[0] for name in expected} == {"evaluate_glue", "evaluate_mt"}
