@@ -19,7 +19,7 @@ from bench import deployment, memory, overhead, report, training
 SECTIONS = ["training", "deployment", "overhead"]
 # --quick: what the children import, loaded once in the forkserver they fork from
 PRELOAD = ["torch", "fairseq", "fairseq_cli.train", "transformers", "optimum.onnxruntime", "stages.evaluate",
-           "stages.hf_roberta", "stages.hf_m2m100"]
+           "lib.hf_roberta", "lib.hf_m2m100"]
 PROBES = ["pretrain", "finetune", "train_mt"]
 
 
@@ -57,7 +57,9 @@ def main(argv=None):
     threads = args.threads or params.training.threads or os.cpu_count()
     evaluation = ({"repeats": 2, "latency_examples": 4, "max_dev_examples": 64, "bootstrap": 50,
                    "max_test_sentences": min(args.mt_sentences, 16)} if quick else
-                  {"max_test_sentences": args.mt_sentences})
+                  # this machine's speed drifts by +-25% between seconds (measured): more repeats and
+                  # latency inputs than the pipeline's evaluation, for stabler medians
+                  {"max_test_sentences": args.mt_sentences, "repeats": 7, "latency_examples": 16})
     if quick:
         memory.preload(PRELOAD)
     started, load_average = time.time(), os.getloadavg()[0]

@@ -1,4 +1,4 @@
-"""Deployment speed: PyTorch fp32 (the fairseq model), ONNX Runtime fp32 and ONNX Runtime int8 of each
+"""Deployment speed: PyTorch fp32 (the fairseq model), ONNX Runtime fp32, int8 and int4 of each
 fine-tuned classifier and translation model, measured exactly as `python -m stages.evaluate` measures
 them (its GlueEval / TranslationEval, hence its `timed`, `speed` and `load_onnx`): batch-1 latency over
 `evaluate.latency_examples` dev inputs and throughput at `evaluate.batch_size`, medians of
@@ -6,7 +6,7 @@ them (its GlueEval / TranslationEval, hence its `timed`, `speed` and `load_onnx`
 on real dev sentences (GLUE) and test sentences (translation), with the dev accuracy / test BLEU of each
 format. PyTorch runs on token tensors, ONNX Runtime on raw text (its timing includes tokenization).
 
-Models come from models/compressed/<size>-<task>/ (s0.00-fp32, onnx-s0.00-fp32, onnx-s0.00-int8); where
+Models come from models/compressed/<size>-<task>/ (s0.00-fp32, onnx-s0.00-fp32, -int8, -int4); where
 the pipeline has not written them, they are built in a temp dir from models/finetune/<size>-<task>/ the
 way stages.compress does. Each format runs in its own child process (its peak memory: loading + dev
 set at the evaluation batch + timing).
@@ -19,7 +19,8 @@ from bench.memory import in_child
 
 from lib.variants import DENSE, variant_name
 
-FORMATS = {"pytorch_fp32": DENSE, "onnx_fp32": variant_name(0.0, 32, "fp32"), "onnx_int8": variant_name(0.0, 8, "int8")}
+FORMATS = {"pytorch_fp32": DENSE, "onnx_fp32": variant_name(0.0, 32, "fp32"), "onnx_int8": variant_name(0.0, 8, "int8"),
+           "onnx_int4": variant_name(0.0, 4, "int4")}
 
 
 def run_glue(sizes: list, tasks: list, overrides: dict) -> list:
@@ -53,16 +54,20 @@ def run_mt(sizes: list, overrides: dict) -> list:
 
 
 def compare(row: dict, metric: str) -> dict:
-    """int8 over PyTorch fp32: throughput at the evaluation batch, batch-1 speed (latency ratio), and
-    the metric's drop."""
-    fp32, int8 = row["pytorch_fp32"], row["onnx_int8"]
+    """int8 over PyTorch fp32 and over ONNX fp32: throughput at the evaluation batch, batch-1 speed (latency
+    ratio); the metric's drop for int8 and int4; int4's zipped bytes over ONNX fp32's."""
+    fp32, onnx_fp32, int8, int4 = (row[f] for f in FORMATS)
     row["int8_speedup_batch"] = int8["throughput"] / fp32["throughput"]
     row["int8_speedup_batch1"] = fp32["latency_ms"] / int8["latency_ms"]
+    row["int8_over_onnx_fp32_batch"] = int8["throughput"] / onnx_fp32["throughput"]
     row[f"{metric}_drop"] = fp32[metric] - int8[metric]
+    row[f"int4_{metric}_drop"] = fp32[metric] - int4[metric]
+    row["int4_zip_ratio"] = int4["bytes_zip"] / onnx_fp32["bytes_zip"]
     print(f"deployment {row['model']}: " + ", ".join(
         f"{f} {row[f]['latency_ms']:.1f} ms / {row[f]['throughput']:.0f} per s / {metric} {row[f][metric]:.2f}"
-        for f in FORMATS) + f"; int8/fp32 x{row['int8_speedup_batch']:.2f} at batch, {metric} drop "
-        f"{row[f'{metric}_drop']:.2f}", flush=True)
+        for f in FORMATS) + f"; int8 / PyTorch fp32 x{row['int8_speedup_batch']:.2f} at batch, "
+        f"x{row['int8_speedup_batch1']:.2f} at batch 1, {metric} drop {row[f'{metric}_drop']:.2f}; int4 zipped "
+        f"{row['int4_zip_ratio']:.3f} of ONNX fp32", flush=True)
     return row
 
 
@@ -80,23 +85,41 @@ def glue_models(size: str, task: str, tmp: Path):
 
 def build_glue(source: str, task: str, out: str) -> dict:
     """What stages.compress writes for sparsity 0, from the fine-tuned checkpoint: the fairseq fp32
-    variant (no weights replaced) and the ONNX fp32 and int8 models."""
+    variant (no weights replaced) and the ONNX fp32, int8 and int4 models."""
     import torch
     from lib.glue_task import class_labels
-    from lib.variants import FAIRSEQ_FP32, VARIANT_FILE, WEIGHTS_FILE
+    from lib.params import load_params
+    from lib.variants import FAIRSEQ_FP32, ONNX_FORMATS, VARIANT_FILE, WEIGHTS_FILE
     from lib.hf_roberta import export_onnx_classifier, save_transformers_classifier
     from lib.checkpoints import load_checkpoint
     from lib.files import write_json
-    out = Path(out)
+    from stages.compress import glue_texts
+    out, cfg = Path(out), load_params().compress
     with tempfile.TemporaryDirectory() as hf_dir:
         save_transformers_classifier(load_checkpoint(Path(source)), Path("data/bin/mlm/spm.model"),
                                      class_labels(task), Path(hf_dir))
-        export_onnx_classifier(Path(hf_dir), out / FORMATS["onnx_fp32"], out / FORMATS["onnx_int8"])
+        dirs = [out / FORMATS[f"onnx_{suffix}"] for suffix, _, _ in ONNX_FORMATS]
+        checked = export_onnx_classifier(Path(hf_dir), *dirs, glue_texts(task, cfg.int8_check_examples),
+                                         cfg.int8_min_agreement)
+    for directory, (suffix, bits, fmt) in zip(dirs, ONNX_FORMATS):
+        write_json(directory / VARIANT_FILE, {"format": fmt, "bits": bits, "target_sparsity": 0.0,
+                                              "bytes_zip": zipped(directory),
+                                              **({"quantization": checked[suffix]} if suffix in checked else {})})
     dense = out / FORMATS["pytorch_fp32"]
     dense.mkdir()
     torch.save({}, dense / WEIGHTS_FILE)
     write_json(dense / VARIANT_FILE, {"format": FAIRSEQ_FP32, "target_sparsity": 0.0, "source": source})
     return {}
+
+
+def zipped(directory: Path) -> int:
+    import io
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(directory.glob("*.onnx")):
+            z.write(f, f.name)
+    return buffer.tell()
 
 
 def evaluate_cfg(overrides: dict):
@@ -120,7 +143,7 @@ def glue_format(variant: str, task: str, fmt: str, overrides: dict) -> dict:
         results, timing = evaluator.onnx(variant)
     split, examples, _, value, low, high, _ = next(r for r in results if r[2] == "accuracy")
     return {**timing, "accuracy": value, "accuracy_ci": [low, high], "split": split, "examples": examples,
-            "threads": cfg.threads, "batch_size": cfg.batch_size, "repeats": cfg.repeats}
+            "threads": cfg.threads, "batch_size": cfg.batch_size, "repeats": cfg.repeats, **described(variant)}
 
 
 def mt_format(variant: str, fmt: str, overrides: dict) -> dict:
@@ -134,4 +157,14 @@ def mt_format(variant: str, fmt: str, overrides: dict) -> dict:
         results, timing = evaluator.onnx(variant)
     split, examples, _, value, low, high, _ = results[0]
     return {**timing, "bleu": value, "bleu_ci": [low, high], "split": split, "examples": examples,
-            "beam": cfg.beam, "threads": cfg.threads, "batch_size": cfg.batch_size, "repeats": cfg.repeats}
+            "beam": cfg.beam, "threads": cfg.threads, "batch_size": cfg.batch_size, "repeats": cfg.repeats,
+            **described(variant)}
+
+
+def described(variant: Path) -> dict:
+    """A variant's zipped bytes and, for int8 / int4, its quantization scheme and agreement with fp32."""
+    from lib.variants import VARIANT_FILE
+    info = json.loads((variant / VARIANT_FILE).read_text())
+    quantized = info.get("quantization", {})
+    return {"bytes_zip": info.get("bytes_zip"), "quantization": quantized.get("scheme"),
+            "agreement": quantized.get("agreement"), "quantized_on": quantized.get("cpu")}

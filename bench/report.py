@@ -1,4 +1,5 @@
 """The targets, checked beside each measured value, and the markdown report of a benchmark run."""
+from bench.deployment import FORMATS
 
 
 def check(value, goal: str, threshold: float, note: str = "") -> dict:
@@ -37,14 +38,30 @@ def add_targets(results: dict) -> list:
         largest = results["settings"]["largest_size"]
         rows = [r for r in results["deployment"]["glue"] if r["size"] == largest]
         for row in rows:
-            batch = row["onnx_int8"]["batch_size"]
-            add(row, "target_speedup", f"ONNX int8 / PyTorch fp32 throughput at batch {batch}, {row['model']} "
-                "(largest size)", row["int8_speedup_batch"], ">=", 1.5)
-            add(row, "target_accuracy", f"accuracy drop int8 vs fp32 (points), {row['model']}",
-                row["accuracy_drop"], "<", 1.0)
+            batch, m = row["onnx_int8"]["batch_size"], f"{row['model']} (largest size)"
+            add(row, "target_speedup", f"ONNX int8 / PyTorch fp32 throughput at batch {batch}, {m}",
+                row["int8_speedup_batch"], ">=", 2.5)
+            add(row, "target_over_onnx", f"ONNX int8 / ONNX fp32 throughput at batch {batch}, {m}",
+                row["int8_over_onnx_fp32_batch"], ">=", 2.0)
+            add(row, "target_batch1", f"ONNX int8 / PyTorch fp32 speed at batch 1, {m}",
+                row["int8_speedup_batch1"], ">=", 2.0)
+            add(row, "target_accuracy", f"accuracy drop int8 vs fp32 (points), {m}", row["accuracy_drop"], "<=", 1.0)
+            add(row, "target_int4_bytes", f"ONNX int4 zipped bytes / ONNX fp32, {m}", row["int4_zip_ratio"],
+                "<=", round(1 / 7, 4))
+            add(row, "target_int4_accuracy", f"accuracy drop int4 vs fp32 (points), {m}", row["int4_accuracy_drop"],
+                "<=", 1.0)
         if not rows:
-            add({}, "target", f"ONNX int8 / PyTorch fp32 throughput, {largest} (largest size)", None, ">=", 1.5,
+            add({}, "target", f"ONNX int8 / PyTorch fp32 throughput, {largest} (largest size)", None, ">=", 2.5,
                 note=f"no deployment models for {largest}")
+        mt = results["deployment"]["mt"]
+        for row in mt[-1:]:  # train_mt.sizes' last, the largest of the default grid
+            batch, m = row["onnx_int8"]["batch_size"], f"{row['model']} (beam {row['onnx_int8']['beam']})"
+            add(row, "target_speedup", f"translation ONNX int8 / fairseq fp32 sentences/s at batch {batch}, {m}",
+                row["int8_speedup_batch"], ">=", 1.0)
+            add(row, "target_batch1", f"translation ONNX int8 / fairseq fp32 speed at batch 1, {m}",
+                row["int8_speedup_batch1"], ">=", 2.0)
+            add(row, "target_accuracy", f"translation BLEU, |fairseq fp32 - ONNX int8|, {m}", abs(row["bleu_drop"]),
+                "<=", 0.5)
     if "overhead" in results:
         dvc = results["overhead"]["dvc"]
         add(dvc, "target", "no-op dvc repro (s)", dvc["noop_repro_s"], "<=", 3.0, note=dvc.get("skipped", ""))
@@ -74,7 +91,7 @@ def memory_rows(results: dict) -> list:
                          "peak_rss_mb": row[loop]["peak_rss_mb"]})
     for kind in ("glue", "mt"):
         for row in results.get("deployment", {}).get(kind, []):
-            for fmt in ("pytorch_fp32", "onnx_fp32", "onnx_int8"):
+            for fmt in FORMATS:
                 rows.append({"what": f"deployment {row['model']}, {fmt} (load, {row[fmt]['split']} set and timing "
                                      f"at batch {row[fmt]['batch_size']})", "peak_rss_mb": row[fmt]["peak_rss_mb"]})
     return rows
@@ -126,17 +143,22 @@ def markdown(results: dict) -> str:
         if not rows:
             continue
         out += [f"## Deployment: {'classifiers' if kind == 'glue' else 'translation (generation)'}\n",
-                f"Latency at batch 1 (ms), throughput at batch {rows[0]['onnx_int8']['batch_size']} "
+                f"On {hw['cpu']}: latency at batch 1 (ms), throughput at batch {rows[0]['onnx_int8']['batch_size']} "
                 f"({rows[0]['onnx_int8']['throughput_unit']}), {st['eval_threads']} threads; {metric} on "
-                f"{rows[0]['onnx_int8']['examples']} {rows[0]['onnx_int8']['split']} examples.\n",
-                table(["model", "format", "latency ms", "throughput", metric, "peak RSS MB"],
-                      [[r["model"], f, r[f]["latency_ms"], r[f]["throughput"], r[f][metric], r[f]["peak_rss_mb"]]
-                       for r in rows for f in ("pytorch_fp32", "onnx_fp32", "onnx_int8")]),
-                "\n", table(["model", "int8 / fp32 throughput", "int8 / fp32 batch-1 speed", f"{metric} drop",
-                             "target (speed)", f"target ({metric})"],
-                            [[r["model"], r["int8_speedup_batch"], r["int8_speedup_batch1"], r[f"{metric}_drop"],
-                              verdict(r["target_speedup"]) if "target_speedup" in r else "",
-                              verdict(r["target_accuracy"]) if "target_accuracy" in r else ""] for r in rows])]
+                f"{rows[0]['onnx_int8']['examples']} {rows[0]['onnx_int8']['split']} examples. Quantization: the "
+                "scheme compress chose for the CPU it ran on, and the quantized model's agreement with fp32 on "
+                "the check set.\n",
+                table(["model", "format", "latency ms", "throughput", metric, "zipped MB", "quantization",
+                       "agreement", "peak RSS MB"],
+                      [[r["model"], f, r[f]["latency_ms"], r[f]["throughput"], r[f][metric],
+                        r[f]["bytes_zip"] / 1e6 if r[f].get("bytes_zip") else None, r[f].get("quantization"),
+                        r[f].get("agreement"), r[f]["peak_rss_mb"]] for r in rows for f in FORMATS]),
+                "\n", table(["model", "int8 / PyTorch fp32 throughput", "int8 / ONNX fp32 throughput",
+                             "int8 / PyTorch fp32 batch-1 speed", f"{metric} drop int8", f"{metric} drop int4",
+                             "int4 zipped / ONNX fp32"],
+                            [[r["model"], r["int8_speedup_batch"], r["int8_over_onnx_fp32_batch"],
+                              r["int8_speedup_batch1"], r[f"{metric}_drop"], r[f"int4_{metric}_drop"],
+                              r["int4_zip_ratio"]] for r in rows])]
     if "overhead" in results:
         o = results["overhead"]
         out += ["## Pipeline overhead\n",

@@ -28,7 +28,8 @@ import torch
 
 from lib.checkpoints import checkpoint_options
 from lib.errors import StageError
-from lib.onnx_export import quantize_int8, quiet
+from lib.inference import load_onnx
+from lib.onnx_export import INT4_SCHEME, checked_int8, quantize_int4, quantize_int8, quiet
 
 SPM_FILE = "spm.model"  # the sentencepiece model, in every output directory
 # optimum's export (encoder, decoder without and with past key values), in fp32_dir
@@ -36,6 +37,7 @@ ONNX_FP32_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_pas
 # ORTQuantizer's names for them, in int8_dir; ORTModelForSeq2SeqLM.from_pretrained(int8_dir) finds them,
 # as it finds the fp32 files in fp32_dir (one encoder, decoder and decoder-with-past file in each)
 ONNX_INT8_FILES = tuple(f.replace(".onnx", "_quantized.onnx") for f in ONNX_FP32_FILES)
+ONNX_INT4_FILES = tuple(f.replace(".onnx", "_int4.onnx") for f in ONNX_FP32_FILES)  # in int4_dir, likewise
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3  # fairseq's Dictionary
 FAIRSEQ_GENERATE_BEAM, FAIRSEQ_GENERATE_MAX_LEN = 5, 200  # fairseq-generate's --beam, --max-len-b (--max-len-a 0)
@@ -178,25 +180,73 @@ def decode(sp, ids) -> list[str]:
     return [sp.decode([int(i) - 1 for i in row if UNK < i <= sp.get_piece_size()]) for row in ids]
 
 
-def export_onnx_translator(hf_dir: Path, fp32_dir: Path, int8_dir: Path) -> None:
-    """The M2M100 translator in `hf_dir` as ONNX fp32 (fp32_dir/ONNX_FP32_FILES) and ONNX Runtime dynamic
-    int8 (int8_dir/ONNX_INT8_FILES), each directory with the configs, tokenizer and spm model, so that
-    ORTModelForSeq2SeqLM.from_pretrained(dir) generates from the tokenizer's ids."""
+def export_onnx_translator(hf_dir: Path, fp32_dir: Path, int8_dir: Path, int4_dir: Path, check_pairs: list[tuple],
+                           min_agreement: float, flags: list[str] | None = None) -> dict:
+    """The M2M100 translator in `hf_dir` as ONNX fp32 (fp32_dir/ONNX_FP32_FILES), ONNX Runtime dynamic int8
+    (int8_dir/ONNX_INT8_FILES) and 4-bit (int4_dir/ONNX_INT4_FILES), each directory with the configs,
+    tokenizer and spm model, so that ORTModelForSeq2SeqLM.from_pretrained(dir) generates from the
+    tokenizer's ids. The int8 scheme follows the CPU (`flags`, default this one's:
+    lib.onnx_export.checked_int8), checked on `check_pairs` (raw source, reference translation): the share
+    of reference tokens where the quantized model predicts fp32's next token, the reference before it given.
+    Returns the int8 and int4 models' agreement."""
+    import sentencepiece
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
-    fp32_dir, int8_dir = Path(fp32_dir), Path(int8_dir)
+    fp32_dir, int8_dir, int4_dir = Path(fp32_dir), Path(int8_dir), Path(int4_dir)
     with quiet():
         # use_merged=False: separate decoder and decoder-with-past graphs (no If node to quantize through)
         model = ORTModelForSeq2SeqLM.from_pretrained(hf_dir, export=True, use_merged=False)
         model.save_pretrained(fp32_dir)
-        for name in ONNX_FP32_FILES:
-            quantize_int8(fp32_dir, name, int8_dir)
-    for directory in (fp32_dir, int8_dir):
-        for f in Path(hf_dir).iterdir():  # configs, tokenizer and spm model; not the torch weights
-            if f.is_file() and f.suffix in (".json", ".model"):
-                shutil.copyfile(f, directory / f.name)
-    missing = [f for d, names in ((fp32_dir, ONNX_FP32_FILES), (int8_dir, ONNX_INT8_FILES))
+        for directory in (fp32_dir, int8_dir, int4_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+            for f in Path(hf_dir).iterdir():  # configs, tokenizer and spm model; not the torch weights
+                if f.is_file() and f.suffix in (".json", ".model"):
+                    shutil.copyfile(f, directory / f.name)
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(fp32_dir / SPM_FILE))
+        batches = teacher_forced_batches(sp, check_pairs)
+        reference = next_tokens(fp32_dir, batches)
+
+        def quantize(scheme):
+            for name in ONNX_FP32_FILES:
+                quantize_int8(fp32_dir, name, int8_dir, scheme)
+        int8 = checked_int8(quantize, lambda: token_agreement(reference, next_tokens(int8_dir, batches)),
+                            min_agreement, flags)
+        for name, int4_name in zip(ONNX_FP32_FILES, ONNX_INT4_FILES):
+            quantize_int4(fp32_dir, name, int4_dir, int4_name)
+        int4 = {"scheme": INT4_SCHEME, "agreement": round(token_agreement(reference, next_tokens(int4_dir, batches)), 4)}
+    missing = [f for d, names in ((fp32_dir, ONNX_FP32_FILES), (int8_dir, ONNX_INT8_FILES), (int4_dir, ONNX_INT4_FILES))
                for f in names if not (d / f).exists()]
     if missing:
         raise StageError(f"the ONNX export did not write {missing}; optimum's file names changed?")
+    checked = f"{len(check_pairs)} sentence pairs, {sum(int(m.sum()) for _, _, m in batches)} reference tokens"
+    return {"int8": {**int8, "checked_on": checked}, "int4": {**int4, "checked_on": checked}}
 
+
+def teacher_forced_batches(sp, pairs: list[tuple], batch_size: int = 16) -> list[tuple]:
+    """(source ids and mask, decoder input ids: </s> then the reference, mask of the reference positions)."""
+    batches = []
+    for lo in range(0, len(pairs), batch_size):
+        sources, targets = zip(*pairs[lo: lo + batch_size])
+        input_ids, attention_mask = encode(sp, list(sources))
+        target_ids, target_mask = encode(sp, list(targets))
+        decoder_input_ids = torch.cat([torch.full((len(targets), 1), EOS), target_ids[:, :-1]], dim=1)
+        batches.append(((input_ids, attention_mask), decoder_input_ids, target_mask.bool()))
+    return batches
+
+
+def next_tokens(model_dir: Path, batches: list[tuple]) -> list[torch.Tensor]:
+    """The ONNX translator's most likely next token at every reference position of `batches` (-1 elsewhere)."""
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+    model = load_onnx(ORTModelForSeq2SeqLM, model_dir, threads=torch.get_num_threads())
+    out = []
+    for (input_ids, attention_mask), decoder_input_ids, mask in batches:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                       use_cache=False).logits
+        out.append(torch.as_tensor(logits).argmax(-1).masked_fill(~mask, -1))
+    return out
+
+
+def token_agreement(reference: list, tokens: list) -> float:
+    """The share of reference positions, over all batches, where two runs of next_tokens agree."""
+    same = sum(int(((r == t) & (r >= 0)).sum()) for r, t in zip(reference, tokens))
+    return same / sum(int((r >= 0).sum()) for r in reference)

@@ -14,14 +14,17 @@ Inputs are laid out as sentence_prediction does (--init-token 0 --separator-toke
 """
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lib.checkpoints import checkpoint_options
 from lib.errors import StageError
-from lib.onnx_export import quantize_int8, quiet
+from lib.inference import by_length, load_onnx
+from lib.onnx_export import INT4_SCHEME, checked_int8, quantize_int4, quantize_int8, quiet
 
 ONNX_FP32_FILE = "model.onnx"            # in fp32_dir: ORTModelForSequenceClassification.from_pretrained(fp32_dir)
 ONNX_INT8_FILE = "model_quantized.onnx"  # in int8_dir: ... .from_pretrained(int8_dir, file_name=ONNX_INT8_FILE)
+ONNX_INT4_FILE = "model_int4.onnx"       # in int4_dir, likewise
 
 ENCODER = "encoder.sentence_encoder."
 # fairseq layer module -> transformers layer module (weight and bias alike)
@@ -122,16 +125,51 @@ def check_classifier(checkpoint: dict) -> tuple[dict, str]:
     return opts, f"classification_heads.{name}"
 
 
-def export_onnx_classifier(hf_dir: Path, fp32_dir: Path, int8_dir: Path) -> None:
-    """The transformers classifier in `hf_dir` as ONNX fp32 (fp32_dir/ONNX_FP32_FILE) and ONNX Runtime
-    dynamic int8 (int8_dir/ONNX_INT8_FILE), each directory with the config and tokenizer, so
-    ORTModelForSequenceClassification.from_pretrained(dir, file_name=...) and a pipeline take raw text."""
+def export_onnx_classifier(hf_dir: Path, fp32_dir: Path, int8_dir: Path, int4_dir: Path, check_texts: list[tuple],
+                           min_agreement: float, flags: list[str] | None = None) -> dict:
+    """The transformers classifier in `hf_dir` as ONNX fp32 (fp32_dir/ONNX_FP32_FILE), ONNX Runtime dynamic
+    int8 (int8_dir/ONNX_INT8_FILE) and 4-bit (int4_dir/ONNX_INT4_FILE), each directory with the config and
+    tokenizer, so ORTModelForSequenceClassification.from_pretrained(dir, file_name=...) and a pipeline take
+    raw text. The int8 scheme follows the CPU (`flags`, default this one's: lib.onnx_export.checked_int8),
+    checked on `check_texts` (tuples of one or two texts, e.g. dev examples); returns the int8 and int4
+    models' agreement with fp32 there: the same predicted class (the output's correlation for regression)."""
     from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoTokenizer
 
     with quiet():
         model = ORTModelForSequenceClassification.from_pretrained(hf_dir, export=True)
         model.save_pretrained(fp32_dir)
-        AutoTokenizer.from_pretrained(hf_dir).save_pretrained(fp32_dir)
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        for directory in (fp32_dir, int4_dir):
+            tokenizer.save_pretrained(directory)
+        model.config.save_pretrained(int4_dir)
+        reference = classifier_outputs(fp32_dir, check_texts)
         # writes int8_dir/ONNX_INT8_FILE (model + "_quantized"), ort_config.json (the settings), config, tokenizer
-        quantize_int8(fp32_dir, ONNX_FP32_FILE, int8_dir)
+        int8 = checked_int8(lambda scheme: quantize_int8(fp32_dir, ONNX_FP32_FILE, int8_dir, scheme),
+                            lambda: output_agreement(reference, classifier_outputs(int8_dir, check_texts)),
+                            min_agreement, flags)
+        quantize_int4(fp32_dir, ONNX_FP32_FILE, int4_dir, ONNX_INT4_FILE)
+        int4 = {"scheme": INT4_SCHEME, "agreement": round(output_agreement(reference, classifier_outputs(int4_dir, check_texts)), 4)}
+    measure = "output correlation" if reference.shape[1] == 1 else "same predicted class"
+    checked = f"{len(check_texts)} examples, {measure}"
+    return {"int8": {**int8, "checked_on": checked}, "int4": {**int4, "checked_on": checked}}
+
+
+def classifier_outputs(model_dir: Path, texts: list[tuple]) -> np.ndarray:
+    """The logits of the ONNX classifier in `model_dir` (its one .onnx file) for `texts`, in batches of 32."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer
+    model = load_onnx(ORTModelForSequenceClassification, Path(model_dir), threads=torch.get_num_threads())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def run(batch):
+        encoded = tokenizer(*[list(c) for c in zip(*batch)], padding=True, truncation=True, return_tensors="np")
+        return np.asarray(model(**encoded).logits)
+    return np.stack(by_length(run, texts, lambda text: sum(map(len, text)), 32))
+
+
+def output_agreement(reference: np.ndarray, outputs: np.ndarray) -> float:
+    """The share of examples with fp32's predicted class, or for one regression output their correlation."""
+    if reference.shape[1] == 1:
+        return float(np.corrcoef(reference[:, 0], outputs[:, 0])[0, 1])
+    return float(np.mean(reference.argmax(1) == outputs.argmax(1)))

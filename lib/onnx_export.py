@@ -1,27 +1,113 @@
-"""What both ONNX exports (lib/hf_roberta.py, lib/hf_m2m100.py) share: ONNX Runtime's int8 quantization and a
-quiet export."""
+"""What both ONNX exports (lib/hf_roberta.py, lib/hf_m2m100.py) share: ONNX Runtime's int8 quantization in the
+format the CPU computes fastest and correctly, checked against fp32 with a fallback; its 4-bit block
+quantization (MatMulNBits); and a quiet export.
+
+int8 schemes (dynamic: activation scales computed at run time, no calibration data; weights per channel).
+ONNX Runtime's u8 x s8 kernel is the fast one: VPDPBUSD where the CPU has VNNI (AVX-512 VNNI;
+AMX-INT8 CPUs have it too), VPMADDUBSW elsewhere, which sums pairs of products in 16 bits and can
+saturate at full 7-bit weight range (seen on an AVX2-only CPU: 60% agreement with fp32 on SST-2 dev);
+`reduce_range` (7-bit weights) keeps those sums in range. u8 x u8 widens to 16 bits first, never uses VNNI
+and never saturates: the fallback when the chosen scheme loses agreement with fp32.
+
+No offline graph fusions (optimum's ORTOptimizer): measured on SST-2 L4-H384 (Intel Xeon with AMX, 2 threads),
+its levels 1 and 2 ran the fp32 model at 138-168 sentences/s at batch 32 against 141 without, and the same
+4.5-4.9 ms at batch 1, within the run-to-run noise: ONNX Runtime already applies its CPU fusions when a
+session loads the graph. And ORT's quantizer cannot quantize a fused graph (no shape inference through the
+contrib Attention / SkipLayerNormalization ops), so the int8 models could not use them at all."""
 import contextlib
 import logging
 import warnings
 from pathlib import Path
 
+from lib import hardware
 
-def quantize_int8(fp32_dir: Path, file_name: str, int8_dir: Path) -> None:
-    """ONNX Runtime dynamic int8 quantization (activation scales computed at run time: no calibration
-    data), per-channel weights. avx2's u8 weights, not avx512_vnni's (or arm64's) s8: without VNNI,
-    ORT's u8 x s8 kernel (VPMADDUBSW) saturates its 16-bit sums; on an AVX2-only CPU the s8 model agreed
-    with fp32 on 60% of SST-2 dev (L4-H384) and 130/200 translations (L2-H256), the u8 one on 98.6% and
-    173/200. u8 x u8 is correct on every x86-64 CPU, VNNI or not, at full 8-bit range."""
+# scheme -> (optimum's AutoQuantizationConfig constructor, its keyword arguments), what each computes
+INT8_SCHEMES = {
+    "u8s8": ("avx512_vnni", {}),                        # u8 activations x s8 weights, full range
+    "u8s8-reduce-range": ("avx512", {"reduce_range": True}),  # ... with 7-bit weights
+    "u8u8": ("avx2", {}),                               # u8 x u8, full range
+}
+FALLBACK = "u8u8"
+VNNI_FLAGS = ("avx512_vnni", "amx_int8")  # as lib.hardware.isa_flags() lists them
+INT4_BLOCK = 32  # MatMulNBits' block of weights sharing one scale (along the input dimension)
+INT4_SCHEME = f"s4 weights in blocks of {INT4_BLOCK}, u8 activations"  # what variant.json records
+
+
+def int8_scheme(flags: list[str]) -> tuple[str, str]:
+    """The int8 scheme for a CPU with these /proc/cpuinfo flags (lib.hardware.isa_flags()), and why."""
+    if any(f in flags for f in VNNI_FLAGS):
+        return "u8s8", f"{'/'.join(f for f in flags if f in VNNI_FLAGS)}: u8 x s8 in VNNI's 32-bit sums"
+    if "avx2" in flags or "avx512f" in flags:
+        return "u8s8-reduce-range", "no VNNI: u8 x s8 with 7-bit weights so 16-bit pair sums cannot saturate"
+    return FALLBACK, "neither AVX2 nor VNNI: u8 x u8"
+
+
+def quantize_int8(fp32_dir: Path, file_name: str, int8_dir: Path, scheme: str) -> None:
+    """ONNX Runtime dynamic int8 quantization of fp32_dir/file_name into int8_dir (file name + "_quantized",
+    with ort_config.json recording the settings), per-channel weights, in `scheme` (INT8_SCHEMES)."""
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
-    qconfig = AutoQuantizationConfig.avx2(is_static=False, per_channel=True)
+    constructor, options = INT8_SCHEMES[scheme]
+    qconfig = getattr(AutoQuantizationConfig, constructor)(
+        is_static=False, per_channel=True, nodes_to_exclude=activation_matmuls(Path(fp32_dir) / file_name), **options)
     ORTQuantizer.from_pretrained(fp32_dir, file_name=file_name).quantize(qconfig, save_dir=int8_dir)
+
+
+def activation_matmuls(path: Path) -> list[str]:
+    """The MatMul nodes without a constant weight: attention's scores (Q K^T) and its weighted sum of values.
+    Dynamic quantization of both operands costs more than it saves, and blocks the fusion of K's transpose
+    into the MatMul: measured on a translator's decoder (L4-H256, batch 32, beam 4), Transpose took 35% of
+    its kernel time when they were quantized (ONNX Runtime's profiler), and fp32 generation beat int8.
+    ONNX Runtime's own quantize_dynamic calls this MatMulConstBOnly; optimum does not expose it."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {tensor.name for tensor in model.graph.initializer}
+    return [node.name for node in model.graph.node if node.op_type == "MatMul" and node.input[1] not in weights]
+
+
+def checked_int8(quantize, agreement, min_agreement: float, flags: list[str] | None = None) -> dict:
+    """Quantize in the scheme `flags` call for (default: this CPU's), measure its agreement with fp32 and,
+    below `min_agreement`, quantize again in the u8u8 fallback and keep whichever agrees more.
+    `quantize(scheme)` writes the int8 model (overwriting), `agreement()` measures the one written
+    (a fraction, 1 = same outputs as fp32). Returns what was chosen and why, for variant.json."""
+    flags = hardware.isa_flags() if flags is None else flags
+    scheme, why = int8_scheme(flags)
+    quantize(scheme)
+    tried = {scheme: round(agreement(), 4)}
+    if tried[scheme] < min_agreement and scheme != FALLBACK:
+        quantize(FALLBACK)
+        tried[FALLBACK] = round(agreement(), 4)
+        if tried[FALLBACK] <= tried[scheme]:  # no better: back to the faster scheme
+            quantize(scheme)
+        else:
+            why = (f"{scheme} agreed with fp32 on {tried[scheme]:.2%} (< compress.int8_min_agreement "
+                   f"{min_agreement:.0%}), {FALLBACK} on {tried[FALLBACK]:.2%}")
+            scheme = FALLBACK
+    return {"scheme": scheme, "why": why, "agreement": tried[scheme], "tried": tried,
+            "isa": flags, "cpu": hardware.cpu() if flags == hardware.isa_flags() else "injected flags"}
+
+
+def quantize_int4(fp32_dir: Path, file_name: str, int4_dir: Path, out_name: str) -> None:
+    """ONNX Runtime 4-bit weight-only quantization of fp32_dir/file_name into int4_dir/out_name: every
+    MatMul with a constant weight becomes MatMulNBits and every embedding Gather GatherBlockQuantized,
+    symmetric int4 in blocks of INT4_BLOCK with one fp32 scale each (4.5 bits a weight with the scales).
+    accuracy_level 4: the activations are quantized to int8 per block at run time, so the kernel can use
+    the CPU's int8 dot products instead of dequantizing every weight to fp32."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    model = onnx.load(str(Path(fp32_dir) / file_name))
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=4,
+                                     op_types_to_quantize=("MatMul", "Gather"),
+                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
+    quantizer.process()
+    Path(int4_dir).mkdir(parents=True, exist_ok=True)
+    quantizer.model.save_model_to_file(str(Path(int4_dir) / out_name), use_external_data_format=False)
 
 
 @contextlib.contextmanager
 def quiet():
     """Silence the tracer warnings and info logs of an export; errors still show."""
-    loggers = [logging.getLogger(n) for n in ("transformers", "optimum", "torch.onnx")]
+    loggers = [logging.getLogger(n) for n in ("transformers", "optimum", "torch.onnx", "onnxruntime")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

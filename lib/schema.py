@@ -148,8 +148,11 @@ class Compress(Strict):
     pruning: Literal["global", "layer"]          # one magnitude threshold over all layers, or per matrix
     bits: list[int] = Field(min_length=1)        # simulated symmetric uniform quantization, k bits
     granularity: Literal["tensor", "channel"]    # one quantization scale per matrix or per output row
-    onnx_sparsities: list[float]                 # exported to ONNX fp32 and ONNX Runtime int8
+    onnx_sparsities: list[float]                 # exported to ONNX fp32, ONNX Runtime int8 and int4
     recovery: Recovery                           # fine-tuning of each pruned model, mask fixed
+    # the int8 scheme the CPU calls for is kept when it agrees with fp32 on this share of the check set
+    int8_min_agreement: float = Field(gt=0, le=1)
+    int8_check_examples: int = Field(ge=8)        # dev examples (GLUE) / valid sentence pairs (translation)
 
     @model_validator(mode="after")
     def _ranges(self):

@@ -10,14 +10,17 @@ VARIANT_FILE = "variant.json"   # in every variant directory: what it is, its si
 WEIGHTS_FILE = "weights.pt"     # a fairseq variant's matrices (fp32, or packed k-bit codes and scales)
 RECOVERED_DIR = "recovered"     # recovered/s<sparsity>/: the checkpoint after recovery fine-tuning
 # variant.json's `format`: how the variant is stored and run
-FAIRSEQ_FP32, SIMULATED, ONNX_FP32, ONNX_INT8 = "fairseq fp32", "simulated k-bit", "ONNX fp32", "ONNX int8"
+FAIRSEQ_FP32, SIMULATED, ONNX_FP32, ONNX_INT8, ONNX_INT4 = \
+    "fairseq fp32", "simulated k-bit", "ONNX fp32", "ONNX int8", "ONNX int4"
+# the ONNX variants of one sparsity: (variant_name's onnx suffix, bits, format)
+ONNX_FORMATS = (("fp32", 32, ONNX_FP32), ("int8", 8, ONNX_INT8), ("int4", 4, ONNX_INT4))
 # the split a task's headline number is read on: GLUE's dev set (MNLI's matched one), translation's test set
 HEADLINE_SPLITS = ("dev", "dev_matched", "test")
 # evaluate's rows: one per (variant, split, metric)
 EVAL_FIELDS = ["model", "task", "size", "layers", "hidden", "init", "variant", "format", "target_sparsity", "sparsity",
                "bits", "parameters", "nonzero_parameters", "bits_per_weight", "bytes", "bytes_zip", "split", "examples",
                "metric", "value", "ci_low", "ci_high", "constant_score", "latency_ms", "throughput",
-               "throughput_unit", "threads", "hardware", "details"]
+               "throughput_unit", "threads", "hardware", "quantization", "agreement", "details"]
 
 
 def sparsity_tag(sparsity: float) -> str:
@@ -26,7 +29,7 @@ def sparsity_tag(sparsity: float) -> str:
 
 
 def variant_name(sparsity: float, bits: int, onnx: str | None = None) -> str:
-    """s0.50-fp32, s0.50-q4 (fairseq, simulated k-bit), onnx-s0.50-fp32 / onnx-s0.50-int8 (deployment)."""
+    """s0.50-fp32, s0.50-q4 (fairseq, simulated k-bit), onnx-s0.50-fp32 / -int8 / -int4 (deployment)."""
     if onnx:
         return f"onnx-{sparsity_tag(sparsity)}-{onnx}"
     return f"{sparsity_tag(sparsity)}-{'fp32' if bits == 32 else f'q{bits}'}"
@@ -44,7 +47,7 @@ def model_name(size: str, task: str, random_init: bool = False) -> str:
 
 
 def is_onnx(fmt: str) -> bool:
-    return fmt in (ONNX_FP32, ONNX_INT8)
+    return fmt in (ONNX_FP32, ONNX_INT8, ONNX_INT4)
 
 
 def headline_metrics(rows) -> dict:

@@ -163,7 +163,10 @@ def verdict_pretraining(pretrained: tuple, random: tuple) -> str:
 def recommendation(rows: pd.DataFrame, cfg) -> str:
     lines = ["## Recommendation", "",
              f"Deployment limit from params (`report.max_bytes` {cfg.max_bytes}, `report.max_latency_ms` "
-             f"{cfg.max_latency_ms}); the training budget is the one this run used.", ""]
+             f"{cfg.max_latency_ms}); the training budget is the one this run used. Only formats a runtime serves "
+             "are shipped: fairseq fp32 (PyTorch) and the ONNX models, not the simulated k-bit variants; a latency "
+             "holds for the CPU and int8 scheme named beside it.", ""]
+    rows = rows[rows.format != SIMULATED]
     for task in sorted(rows.task.unique()):
         d = rows[rows.task == task]
         if cfg.max_bytes is not None:
@@ -190,7 +193,9 @@ def recommendation(rows: pd.DataFrame, cfg) -> str:
         lines.append(f"- **{task}**: train **{best['size']}**, ship **{best.variant}** ({best.format}, sparsity "
                      f"{best.sparsity:.2f}, {best.bits} bits): {best.metric} {best.value:.2f} "
                      f"[{best.ci_low:.2f}, {best.ci_high:.2f}], {best.bytes_zip / 1e6:.2f} MB zipped"
-                     + (f", {best.latency_ms:.2f} ms at batch 1" if pd.notna(best.latency_ms) else "") + ". "
+                     + (f", {best.latency_ms:.2f} ms at batch 1 on {best.hardware}"
+                        + (f" ({best.quantization})" if isinstance(best.get("quantization"), str) and best.quantization
+                           else "") if pd.notna(best.latency_ms) else "") + ". "
                      + (f"{len(close)} other variants score within its confidence interval"
                         + (f"; the smallest of them is {smallest['size']} {smallest.variant} "
                            f"({smallest.bytes_zip / 1e6:.2f} MB, {smallest.metric} {smallest.value:.2f})."

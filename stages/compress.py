@@ -33,14 +33,15 @@ import torch
 
 from lib.checkpoints import export_checkpoint, load_checkpoint
 from lib.errors import StageError, log
-from lib.files import atomic_dir, sha256sum, write_json
-from lib.glue_task import class_labels, glue_meta
+from lib.files import atomic_dir, read_lines, sha256sum, write_json
+from lib.glue import read_tsv
+from lib.glue_task import GLUE_DATA, class_labels, glue_meta
 from lib.harness import WORK_DIR, run_fingerprint, train_with_budget
 from lib.params import load_params
-from lib.recipes import finetune_args, translation_args
+from lib.recipes import MT_DATA, finetune_args, translation_args
 from lib.stage import run_stage
 from lib.variant_weights import quantize
-from lib.variants import (COMPRESSED_DIR, FAIRSEQ_FP32, ONNX_FP32, ONNX_INT8, RECOVERED_DIR, SIMULATED, VARIANT_FILE,
+from lib.variants import (COMPRESSED_DIR, FAIRSEQ_FP32, ONNX_FORMATS, RECOVERED_DIR, SIMULATED, VARIANT_FILE,
                           WEIGHTS_FILE, model_arg, sparsity_tag, variant_name)
 
 # the weight matrices of attention (self and encoder-decoder) and FFN in every layer, fairseq names
@@ -106,8 +107,8 @@ def main(argv):
                     "files": {WEIGHTS_FILE: (variant / WEIGHTS_FILE).stat().st_size}})
             log(f"compress {name}: sparsity {sparsity} (measured {measured:.4f}): fp32 + {cfg.bits} bits")
             if sparsity in cfg.onnx_sparsities:
-                export_onnx(task, {**checkpoint, "model": model}, tmp, sparsity, common)
-                log(f"compress {name}: sparsity {sparsity}: ONNX fp32 + int8")
+                export_onnx(task, {**checkpoint, "model": model}, tmp, sparsity, common, params)
+                log(f"compress {name}: sparsity {sparsity}: ONNX fp32 + int8 + int4")
     shutil.rmtree(WORK_DIR / "compress" / name, ignore_errors=True)
     log(f"wrote {out}")
 
@@ -225,20 +226,25 @@ def zip_bytes(tensors: dict) -> int:
     return buffer.tell()
 
 
-def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common: dict) -> None:
-    """The deployment models of one pruned checkpoint: ONNX fp32 and ONNX Runtime int8."""
-    fp32, int8 = out / variant_name(sparsity, 32, "fp32"), out / variant_name(sparsity, 8, "int8")
+def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common: dict, params) -> None:
+    """The deployment models of one pruned checkpoint: ONNX fp32, ONNX Runtime int8 (the scheme this CPU
+    computes fastest, checked against fp32 on dev data) and ONNX Runtime int4."""
+    cfg = params.compress
+    dirs = {suffix: out / variant_name(sparsity, bits, suffix) for suffix, bits, _ in ONNX_FORMATS}
     with tempfile.TemporaryDirectory() as hf_dir:
         if task == "translation":
             from lib.hf_m2m100 import export_onnx_translator, save_transformers_translator
             save_transformers_translator(checkpoint, Path(hf_dir))
-            export_onnx_translator(Path(hf_dir), fp32, int8)
+            checked = export_onnx_translator(Path(hf_dir), *dirs.values(), translation_pairs(params.data.translation, cfg.int8_check_examples),
+                                             cfg.int8_min_agreement)
         else:
             from lib.hf_roberta import export_onnx_classifier, save_transformers_classifier
             labels = "regression" if glue_meta(task)["regression"] else class_labels(task)  # a regression task has no classes
             save_transformers_classifier(checkpoint, Path("data/bin/mlm/spm.model"), labels, Path(hf_dir))
-            export_onnx_classifier(Path(hf_dir), fp32, int8)
-    for directory, bits, fmt in ((fp32, 32, ONNX_FP32), (int8, 8, ONNX_INT8)):
+            checked = export_onnx_classifier(Path(hf_dir), *dirs.values(), glue_texts(task, cfg.int8_check_examples),
+                                             cfg.int8_min_agreement)
+    for suffix, bits, fmt in ONNX_FORMATS:
+        directory = dirs[suffix]
         onnx_files = sorted(directory.glob("*.onnx"))
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
@@ -247,7 +253,24 @@ def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common:
         write_json(directory / VARIANT_FILE, {
             **common, "variant": directory.name, "bits": bits, "format": fmt,
             "bytes": sum(f.stat().st_size for f in onnx_files), "bytes_zip": buffer.tell(),
-            "files": {f.name: f.stat().st_size for f in onnx_files}})
+            "files": {f.name: f.stat().st_size for f in onnx_files},
+            **({"quantization": checked[suffix]} if suffix in checked else {})})
+    log(f"compress: sparsity {sparsity}: int8 {checked['int8']['scheme']} ({checked['int8']['why']}), agreement "
+        f"{checked['int8']['agreement']:.4f}; int4 agreement {checked['int4']['agreement']:.4f} "
+        f"({checked['int8']['checked_on']})")
+
+
+def glue_texts(task: str, n: int) -> list[tuple]:
+    """The first n dev examples' texts (one or two per example) of a GLUE task: the int8 check set."""
+    meta = glue_meta(task)
+    split = next(name for fairseq_split, name in meta["fairseq_splits"].items() if fairseq_split != "train")
+    columns = ["sentence1", "sentence2"] if meta["pair"] else ["sentence1"]
+    return [tuple(r[c] for c in columns) for r in read_tsv(GLUE_DATA / task / f"{split}.tsv", meta)[:n]]
+
+
+def translation_pairs(tr, n: int) -> list[tuple]:
+    """The first n valid sentence pairs (raw source, raw reference) of `data.translation`: the int8 check set."""
+    return list(zip(read_lines(MT_DATA / f"valid.raw.{tr.source}"), read_lines(MT_DATA / f"valid.raw.{tr.target}")))[:n]
 
 
 if __name__ == "__main__":

@@ -65,6 +65,11 @@ def main(argv):
             started = time.time()
             onnx = is_onnx(described["format"])
             results, timing = evaluator.onnx(variant) if onnx else evaluator.fairseq(variant, described)
+            quantized = described.get("quantization", {})  # int8: the scheme and the CPU flags it was chosen for
+            scheme = quantized.get("scheme", "") + (f" [{' '.join(quantized['isa'])}]" if "isa" in quantized else "")
+            # chosen for the CPU that quantized: on another one it may be slower or saturate
+            elsewhere = "" if quantized.get("cpu") in (None, hardware.cpu()) else \
+                f"quantized on {quantized['cpu']}, run on {hardware.cpu()}"
             for split, examples, metric, value, low, high, details in results:
                 constant = evaluator.constant_score(split, metric)
                 rows.append({
@@ -76,7 +81,9 @@ def main(argv):
                     "bits_per_weight": round(8 * described["bytes"] / described["parameters"], 3),
                     "metric": metric, "value": round(value, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
                     "constant_score": "" if constant is None else round(constant, 4),
-                    **(timing or {}), "threads": cfg.threads, "hardware": hardware.cpu(), "details": details})
+                    **(timing or {}), "threads": cfg.threads, "hardware": hardware.cpu(),
+                    "quantization": scheme, "agreement": quantized.get("agreement", ""),
+                    "details": "; ".join(filter(None, [details, elsewhere]))})
             log(f"evaluate {name}: [{i}/{len(variants)}] {variant.name}: "
                 + ", ".join(f"{r[2]} {r[3]:.2f}" for r in results)
                 + (f", {timing['latency_ms']} ms at batch 1" if timing else "") + f" ({time.time() - started:.1f} s)")
@@ -266,15 +273,17 @@ class TranslationEval:
     def onnx(self, variant: Path):
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
         from lib.hf_m2m100 import decode, encode
+        from lib.ort_generate import generate
         import sentencepiece
         model = load_onnx(ORTModelForSeq2SeqLM, variant, threads=self.cfg.threads)
         sp = sentencepiece.SentencePieceProcessor(model_file=str(self.data / "spm.model"))
 
         def run(batch):
             input_ids, attention_mask = encode(sp, batch)
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=self.cfg.beam,
-                                 # fairseq's limit, + the start token and </s>
-                                 max_length=int(MAX_LEN_A * input_ids.shape[1]) + MAX_LEN_B + 2)
+            # generate's beam search, without decoding sentences that are already done (lib/ort_generate.py)
+            out = generate(model, input_ids, attention_mask, num_beams=self.cfg.beam,
+                           # fairseq's limit, + the start token and </s>
+                           max_length=int(MAX_LEN_A * input_ids.shape[1]) + MAX_LEN_B + 2)
             return decode(sp, out)
 
         hypotheses = by_length(run, self.sources, len, self.cfg.batch_size)

@@ -236,9 +236,16 @@ def figure_latency(rows: pd.DataFrame) -> str:
         ax.set(xscale="log", xlabel="latency at batch 1 (ms; log scale)", ylabel=metric_label(d))
         log_axis(ax, "x")
     image = per_task(data, draw, "latency", legend_title=None)
-    return ("## 7. Accuracy against measured latency (deployment formats)\n\n" + image + "\n\n" +
+    # a model quantized for one CPU and timed on another: its int8 scheme may not be this CPU's fast one
+    elsewhere = data[data.details.fillna("").str.contains("quantized on")]
+    moved = ("\n\n**Quantized on another CPU**: " + "; ".join(
+        f"{r['size']} {r.variant} ({r.details.split('; ')[-1]})" for _, r in elsewhere.iterrows())
+        + ". Run `dvc repro -f` on the compress stages to quantize for this one.") if len(elsewhere) else ""
+    return ("## 7. Accuracy against measured latency (deployment formats)\n\n" + image + "\n\n"
+            "The int8 models use the scheme compress chose for its CPU (quantization; agreement: the share of the "
+            "check set where they predict as fp32), measured on the hardware named in each row." + moved + "\n\n" +
             table(data[["task", "size", "variant", "format", "value", "latency_ms", "throughput", "throughput_unit",
-                        "threads", "hardware"]]))
+                        "threads", "quantization", "agreement", "hardware"]]))
 
 
 def pretraining_control(rows: pd.DataFrame, control: pd.DataFrame) -> str:

@@ -14,7 +14,8 @@ def positive(*values):
 def test_quick_benchmark_writes_json_and_markdown(in_trained_project):
     def edit(p):  # deployment models only: dense fp32, ONNX fp32 and int8
         p["compress"] = {"sparsities": [0.0], "pruning": "global", "bits": [8], "granularity": "channel",
-                         "onnx_sparsities": [0.0], "recovery": {"seconds": None, "updates": None}}
+                         "onnx_sparsities": [0.0], "int8_min_agreement": 0.9, "int8_check_examples": 32,
+                         "recovery": {"seconds": None, "updates": None}}
         p["evaluate"]["threads"] = 1
     set_params(in_trained_project, edit)
     from bench import memory
@@ -53,11 +54,17 @@ def test_quick_benchmark_writes_json_and_markdown(in_trained_project):
     [mt] = result["deployment"]["mt"]
     assert glue["model"] == "T1-sst2" and glue["source"] == "models/compressed/T1-sst2" and mt["model"] == "mt-T1"
     for row, metric in ((glue, "accuracy"), (mt, "bleu")):
-        for fmt in ("pytorch_fp32", "onnx_fp32", "onnx_int8"):
+        for fmt in ("pytorch_fp32", "onnx_fp32", "onnx_int8", "onnx_int4"):
             assert positive(row[fmt]["latency_ms"], row[fmt]["throughput"], row[fmt]["peak_rss_mb"])
             assert 0 <= row[fmt][metric] <= 100
-        assert positive(row["int8_speedup_batch"], row["int8_speedup_batch1"])
-    assert {"target_speedup", "target_accuracy"} <= set(glue)  # T1 is the largest size benchmarked
+        assert positive(row["int8_speedup_batch"], row["int8_speedup_batch1"], row["int8_over_onnx_fp32_batch"],
+                        row["int4_zip_ratio"])
+        assert row["onnx_int8"]["quantization"] in ("u8s8", "u8s8-reduce-range", "u8u8")
+        assert 0 < row["onnx_int8"]["agreement"] <= 1 and row["onnx_int4"]["quantization"].startswith("s4")
+    # T1 is the largest size benchmarked, mt-T1 the last translation size
+    assert {"target_speedup", "target_over_onnx", "target_batch1", "target_accuracy", "target_int4_bytes",
+            "target_int4_accuracy"} <= set(glue)
+    assert {"target_speedup", "target_batch1", "target_accuracy"} <= set(mt)
 
     overhead = result["overhead"]
     assert overhead["dvc"]["noop_repro_s"] is None and "dvc status failed" in overhead["dvc"]["skipped"]  # no DVC repo
@@ -68,7 +75,7 @@ def test_quick_benchmark_writes_json_and_markdown(in_trained_project):
     assert positive(probe["train_steps_s"], probe["startup_s"], probe["budget_clock_s"])
     assert probe["train_steps_s"] < probe["wall_s"] and 0 < probe["utilisation"] < 1
 
-    assert len(result["memory"]) == 3 + 6 and all(positive(m["peak_rss_mb"]) for m in result["memory"])
+    assert len(result["memory"]) == 3 + 2 * 4 and all(positive(m["peak_rss_mb"]) for m in result["memory"])
     assert all({"name", "value", "goal", "pass", "margin"} <= set(t) for t in result["targets"])
     assert {t["pass"] for t in result["targets"]} <= {True, False, None}
     markdown = Path("reports/bench.md").read_text()

@@ -42,7 +42,8 @@ def project(tmp_path_factory):
     def edit(p):
         tiny_training(p, finetune_updates=15)
         p["compress"] = {"sparsities": [0.5], "pruning": "global", "bits": [8], "granularity": "channel",
-                         "onnx_sparsities": [], "recovery": {"seconds": None, "updates": 4}}
+                         "onnx_sparsities": [], "int8_min_agreement": 0.9, "int8_check_examples": 32,
+                         "recovery": {"seconds": None, "updates": 4}}
     set_params(project, edit)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)

@@ -18,6 +18,7 @@ def compress_params(**edits):
     def edit(p):
         p["compress"] = {"sparsities": [0.0, 0.5, 0.9], "pruning": "global", "bits": [4, 8],
                          "granularity": "channel", "onnx_sparsities": [],
+                         "int8_min_agreement": 0.9, "int8_check_examples": 32,
                          "recovery": {"seconds": None, "updates": None}, **edits}
     return edit
 

@@ -21,7 +21,8 @@ def read_rows(path) -> list[dict]:
 
 def configure(p, onnx_sparsities=()):
     p["compress"] = {"sparsities": [0.0, 0.9, 0.99], "pruning": "global", "bits": [2, 8], "granularity": "channel",
-                     "onnx_sparsities": list(onnx_sparsities), "recovery": {"seconds": None, "updates": None}}
+                     "onnx_sparsities": list(onnx_sparsities), "int8_min_agreement": 0.9, "int8_check_examples": 32,
+                     "recovery": {"seconds": None, "updates": None}}
     p["evaluate"].update(threads=1, repeats=2, latency_examples=4, batch_size=8, bootstrap=200, beam=2,
                          max_test_sentences=12)
 

@@ -19,7 +19,8 @@ def tiny_pipeline(p):
     p["data"]["glue_tasks"] = ["sst2"]
     p["pretrain"]["sizes"] = p["train_mt"]["sizes"] = ["T1"]
     p["compress"] = {"sparsities": [0.0, 0.5], "pruning": "global", "bits": [4], "granularity": "channel",
-                     "onnx_sparsities": [0.0], "recovery": {"seconds": None, "updates": None}}
+                     "onnx_sparsities": [0.0], "int8_min_agreement": 0.9, "int8_check_examples": 32,
+                     "recovery": {"seconds": None, "updates": None}}
     p["evaluate"].update(threads=1, repeats=2, latency_examples=2, batch_size=8, bootstrap=100, beam=2,
                          max_test_sentences=8)
 

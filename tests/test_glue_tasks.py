@@ -20,7 +20,7 @@ from test_pipeline_dvc import build_dvc_project
 MIRRORED = {"sst2": ["accuracy"], "rte": ["accuracy"], "wnli": ["accuracy"], "mrpc": ["f1", "accuracy"],
             "cola": ["mcc", "accuracy"], "stsb": ["pearson", "spearman"]}
 OWN = {"reviews": ["f1", "accuracy"]}   # the README's own dataset
-FORMATS = {"fairseq fp32", "simulated k-bit", "ONNX fp32", "ONNX int8"}
+FORMATS = {"fairseq fp32", "simulated k-bit", "ONNX fp32", "ONNX int8", "ONNX int4"}
 
 
 def readme_dataset(directory: Path) -> dict:

@@ -12,7 +12,8 @@ import torch
 
 from lib.checkpoints import allow_checkpoint_globals, load_checkpoint
 from lib.errors import StageError
-from lib.hf_roberta import ONNX_FP32_FILE, ONNX_INT8_FILE, export_onnx_classifier, save_transformers_classifier
+from lib.hf_roberta import (ONNX_FP32_FILE, ONNX_INT4_FILE, ONNX_INT8_FILE, export_onnx_classifier,
+                            save_transformers_classifier)
 
 SPM = Path("data/bin/mlm/spm.model")
 SST2 = Path("data/bin/glue/sst2")
@@ -47,6 +48,16 @@ def hf_logits(hf_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
         return model(input_ids=tokens, attention_mask=tokens.ne(1)).logits
 
 
+def check_texts(n=64) -> list[tuple]:
+    """The first n SST-2 dev sentences: the int8 check set."""
+    return [(r["sentence1"],) for r in read_tsv(SST2 / "dev.tsv")[:n]]
+
+
+def export(hf_dir: Path, out: Path, flags=None, min_agreement=0.9) -> dict:
+    """export_onnx_classifier into out/fp32, out/int8 and out/int4; what it says of the quantized models."""
+    return export_onnx_classifier(hf_dir, out / "fp32", out / "int8", out / "int4", check_texts(), min_agreement, flags)
+
+
 def dev_batch(task, n=16) -> torch.Tensor:
     """Token ids of the first n SST-2 dev sentences from fairseq's binarized data: <s> a </s> <pad>..."""
     task.load_dataset("valid")
@@ -56,14 +67,15 @@ def dev_batch(task, n=16) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def t1(trained_project, tmp_path_factory):
-    """T1-sst2 converted to transformers and exported to ONNX fp32 and int8, in a scratch directory."""
+    """T1-sst2 converted to transformers and exported to ONNX fp32, int8 (this CPU's scheme) and int4, in a
+    scratch directory; out/checked.json: what the export said of the quantized models."""
     out = tmp_path_factory.mktemp("hf_roberta")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(trained_project)
         checkpoint = load_checkpoint(Path("models/finetune/T1-sst2/checkpoint.pt"))
         labels = json.loads((SST2 / "meta.json").read_text())["labels"]
         save_transformers_classifier(checkpoint, SPM, labels, out / "hf")
-        export_onnx_classifier(out / "hf", out / "fp32", out / "int8")
+        (out / "checked.json").write_text(json.dumps(export(out / "hf", out)))
     return out
 
 
@@ -122,18 +134,19 @@ def test_pruned_checkpoint_converts_exports_and_matches(in_trained_project, tmp_
     converted = hf_logits(tmp_path / "hf", tokens)
     assert (converted - fairseq_logits(model, tokens)).abs().max() < 1e-4
 
-    export_onnx_classifier(tmp_path / "hf", tmp_path / "fp32", tmp_path / "int8")
+    export(tmp_path / "hf", tmp_path)
     onnx = ORTModelForSequenceClassification.from_pretrained(tmp_path / "fp32", file_name=ONNX_FP32_FILE)
     logits = onnx(input_ids=tokens, attention_mask=tokens.ne(1).long()).logits
     assert (logits - converted).abs().max() < 1e-4
     assert (tmp_path / "int8" / ONNX_INT8_FILE).exists()
 
 
-def test_onnx_fp32_matches_and_int8_agrees_on_raw_text(in_trained_project, t1):
+def test_onnx_fp32_matches_and_int8_and_int4_agree_on_raw_text(in_trained_project, t1):
     from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoTokenizer, pipeline
-    assert sorted(p.name for p in (t1 / "fp32").glob("*.onnx")) == [ONNX_FP32_FILE]
-    assert sorted(p.name for p in (t1 / "int8").glob("*.onnx")) == [ONNX_INT8_FILE]
+    formats = {"fp32": ONNX_FP32_FILE, "int8": ONNX_INT8_FILE, "int4": ONNX_INT4_FILE}
+    for name, file_name in formats.items():
+        assert sorted(p.name for p in (t1 / name).glob("*.onnx")) == [file_name]
     rows = read_tsv(SST2 / "dev.tsv")
     texts, gold = [r["sentence1"] for r in rows], [r["label"] for r in rows]
 
@@ -143,13 +156,50 @@ def test_onnx_fp32_matches_and_int8_agrees_on_raw_text(in_trained_project, t1):
     assert (fp32(**batch).logits - hf_logits(t1 / "hf", batch["input_ids"])).abs().max() < 1e-4
 
     predictions = {}
-    for name, file_name in (("fp32", ONNX_FP32_FILE), ("int8", ONNX_INT8_FILE)):
+    for name, file_name in formats.items():  # each loads through optimum and runs in a pipeline on raw text
         model = ORTModelForSequenceClassification.from_pretrained(t1 / name, file_name=file_name)
         classify = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(t1 / name))
         predictions[name] = [p["label"] for p in classify(texts, truncation=True)]
     # T1 learned the separable task: raw text in, the task's label names out
     assert np.mean([p == g for p, g in zip(predictions["fp32"], gold)]) >= 0.9
-    assert np.mean([a == b for a, b in zip(predictions["fp32"], predictions["int8"])]) >= 0.9
+    for name in ("int8", "int4"):
+        assert np.mean([a == b for a, b in zip(predictions["fp32"], predictions[name])]) >= 0.9, name
+
+    import collections
+    import onnx
+    from lib.onnx_export import activation_matmuls
+    ops = {fmt: collections.Counter(n.op_type for n in onnx.load(str(t1 / fmt / f)).graph.node)
+           for fmt, f in formats.items()}
+    # every MatMul with a constant weight is quantized, in both; attention's activation x activation MatMuls
+    # stay fp32 (int8: lib.onnx_export.activation_matmuls); int4 also stores the embeddings in 4 bits
+    attention = len(activation_matmuls(t1 / "fp32" / ONNX_FP32_FILE))
+    assert 0 < attention < ops["fp32"]["MatMul"]
+    assert ops["int4"]["MatMul"] == attention
+    assert ops["int4"]["MatMulNBits"] == ops["fp32"]["MatMul"] - attention and ops["int4"]["GatherBlockQuantized"]
+    # every weight MatMul is quantized; in this tiny exported classifier the attention MatMuls are too (open:
+    # nodes_to_exclude took effect in the translators' decoders, not here; issue 16's notes)
+    assert ops["int8"]["DynamicQuantizeMatMul"] + ops["int8"]["MatMulInteger"] + ops["int8"]["MatMulIntegerToFloat"] \
+        >= ops["fp32"]["MatMul"] - attention
+    # 4 bits a weight, the embeddings too: several times smaller than fp32
+    sizes = {fmt: (t1 / fmt / f).stat().st_size for fmt, f in formats.items()}
+    # (T1's fp32 positions, norms and biases weigh as much as its matrices: bench measures the default sizes)
+    assert sizes["int4"] < sizes["int8"] < sizes["fp32"]
+
+    checked = json.loads((t1 / "checked.json").read_text())
+    assert checked["int8"]["agreement"] >= 0.9 and checked["int4"]["agreement"] >= 0.9
+    assert checked["int8"]["checked_on"].endswith("examples, same predicted class")  # the tiny dev set: under 64
+
+
+@pytest.mark.parametrize("flags, scheme", [(["avx2", "avx512f", "avx512_vnni"], "u8s8"),
+                                           (["avx2"], "u8s8-reduce-range"), ([], "u8u8")])
+def test_int8_scheme_follows_the_cpu_and_each_agrees_with_fp32(in_trained_project, t1, tmp_path, flags, scheme):
+    """Each branch of the choice, whatever this CPU is: the flags are injected, the model is real."""
+    checked = export(t1 / "hf", tmp_path, flags=flags)["int8"]
+    assert checked["scheme"] == scheme and checked["isa"] == flags and checked["tried"] == {scheme: checked["agreement"]}
+    assert checked["agreement"] >= 0.9
+    settings = json.loads((tmp_path / "int8" / "ort_config.json").read_text())["quantization"]
+    assert settings["weights_dtype"] == ("QUInt8" if scheme == "u8u8" else "QInt8")
+    assert settings["reduce_range"] == (scheme == "u8s8-reduce-range") and settings["per_channel"]
 
 
 def test_regression_head_has_one_unnamed_output(in_trained_project, t1, tmp_path):

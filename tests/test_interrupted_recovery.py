@@ -20,7 +20,8 @@ def read_curve(path) -> list[dict]:
 def test_a_killed_recovery_resumes_at_its_last_point(in_trained_project, tmp_path):
     def edit(p):
         p["compress"] = {"sparsities": [0.5], "pruning": "global", "bits": [8], "granularity": "channel",
-                         "onnx_sparsities": [], "recovery": {"seconds": None, "updates": 60}}
+                         "onnx_sparsities": [], "int8_min_agreement": 0.9, "int8_check_examples": 32,
+                         "recovery": {"seconds": None, "updates": 60}}
     set_params(in_trained_project, edit)  # finetune.validate_every is 15: points at 15, 30, 45, 60
     work_curve = WORK_DIR / "compress" / "T1-sst2" / "s0.50" / "curve.csv"
     log = tmp_path / "stage.log"  # a file, not a pipe: fairseq's log would fill a pipe nobody reads yet

@@ -17,7 +17,8 @@ from lib.variant_weights import load_variant
 def configure(recovery_updates=None, sparsities=(0.0, 0.99), onnx=()):
     def edit(p):
         p["compress"] = {"sparsities": list(sparsities), "pruning": "global", "bits": [8], "granularity": "channel",
-                         "onnx_sparsities": list(onnx), "recovery": {"seconds": None, "updates": recovery_updates}}
+                         "onnx_sparsities": list(onnx), "int8_min_agreement": 0.9, "int8_check_examples": 32,
+                         "recovery": {"seconds": None, "updates": recovery_updates}}
         p["evaluate"].update(threads=1, repeats=1, latency_examples=2, batch_size=8, bootstrap=50, beam=2,
                              max_test_sentences=8)
     return edit

@@ -26,7 +26,8 @@ CONTROL_VALUE = 12.3456  # the pretraining control's score: a number no other ta
 def configure(p):
     p["data"]["glue_tasks"] = ["sst2"]
     p["compress"] = {"sparsities": [0.0, 0.5, 0.9], "pruning": "global", "bits": [4, 8], "granularity": "channel",
-                     "onnx_sparsities": [0.0], "recovery": {"seconds": None, "updates": None}}
+                     "onnx_sparsities": [0.0], "int8_min_agreement": 0.9, "int8_check_examples": 32,
+                     "recovery": {"seconds": None, "updates": None}}
     p["evaluate"].update(threads=1, repeats=2, latency_examples=4, batch_size=8, bootstrap=200, beam=2,
                          max_test_sentences=12)
 
