@@ -93,6 +93,7 @@ def build_glue(source: str, task: str, out: str) -> dict:
     from lib.hf_roberta import export_onnx_classifier, save_transformers_classifier
     from lib.checkpoints import load_checkpoint
     from lib.files import write_json
+    from lib.onnx_export import zipped_bytes
     from stages.compress import glue_texts
     out, cfg = Path(out), load_params().compress
     with tempfile.TemporaryDirectory() as hf_dir:
@@ -103,23 +104,13 @@ def build_glue(source: str, task: str, out: str) -> dict:
                                          cfg.int8_min_agreement)
     for directory, (suffix, bits, fmt) in zip(dirs, ONNX_FORMATS):
         write_json(directory / VARIANT_FILE, {"format": fmt, "bits": bits, "target_sparsity": 0.0,
-                                              "bytes_zip": zipped(directory),
+                                              "bytes_zip": zipped_bytes(directory),
                                               **({"quantization": checked[suffix]} if suffix in checked else {})})
     dense = out / FORMATS["pytorch_fp32"]
     dense.mkdir()
     torch.save({}, dense / WEIGHTS_FILE)
     write_json(dense / VARIANT_FILE, {"format": FAIRSEQ_FP32, "target_sparsity": 0.0, "source": source})
     return {}
-
-
-def zipped(directory: Path) -> int:
-    import io
-    import zipfile
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(directory.glob("*.onnx")):
-            z.write(f, f.name)
-    return buffer.tell()
 
 
 def evaluate_cfg(overrides: dict):

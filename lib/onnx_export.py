@@ -104,6 +104,17 @@ def quantize_int4(fp32_dir: Path, file_name: str, int4_dir: Path, out_name: str)
     quantizer.model.save_model_to_file(str(Path(int4_dir) / out_name), use_external_data_format=False)
 
 
+def zipped_bytes(directory: Path) -> int:
+    """The size of a zip (deflate) of a deployment model's .onnx files: its bytes_zip in variant.json."""
+    import io
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(Path(directory).glob("*.onnx")):
+            z.write(f, f.name)
+    return buffer.tell()
+
+
 @contextlib.contextmanager
 def quiet():
     """Silence the tracer warnings and info logs of an export; errors still show."""

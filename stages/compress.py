@@ -37,6 +37,7 @@ from lib.files import atomic_dir, read_lines, sha256sum, write_json
 from lib.glue import read_tsv
 from lib.glue_task import GLUE_DATA, class_labels, glue_meta
 from lib.harness import WORK_DIR, run_fingerprint, train_with_budget
+from lib.onnx_export import zipped_bytes
 from lib.params import load_params
 from lib.recipes import MT_DATA, finetune_args, translation_args
 from lib.stage import run_stage
@@ -246,13 +247,9 @@ def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common:
     for suffix, bits, fmt in ONNX_FORMATS:
         directory = dirs[suffix]
         onnx_files = sorted(directory.glob("*.onnx"))
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-            for f in onnx_files:
-                z.write(f, f.name)
         write_json(directory / VARIANT_FILE, {
             **common, "variant": directory.name, "bits": bits, "format": fmt,
-            "bytes": sum(f.stat().st_size for f in onnx_files), "bytes_zip": buffer.tell(),
+            "bytes": sum(f.stat().st_size for f in onnx_files), "bytes_zip": zipped_bytes(directory),
             "files": {f.name: f.stat().st_size for f in onnx_files},
             **({"quantization": checked[suffix]} if suffix in checked else {})})
     log(f"compress: sparsity {sparsity}: int8 {checked['int8']['scheme']} ({checked['int8']['why']}), agreement "
