@@ -105,6 +105,8 @@ def main(argv=None):
     st["load_average_start_end"] = [load_average, os.getloadavg()[0]]  # other work on the machine skews timings
     results["memory"] = report.memory_rows(results)
     results["targets"] = report.add_targets(results)
+    if "deployment" in results and not quick:
+        deployment.explain_misses(results)
     results["duration_s"] = round(time.time() - started, 1)
     ends = [started, *sections.values()]
     results["section_s"] = {name: round(end - before, 1) for name, end, before in zip(sections, ends[1:], ends)}

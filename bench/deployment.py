@@ -1,8 +1,9 @@
 """Deployment speed: PyTorch fp32 (the fairseq model), ONNX Runtime fp32, int8 and int4 of each
 fine-tuned classifier and translation model, measured exactly as `python -m stages.evaluate` measures
-them (its GlueEval / TranslationEval, hence its `timed`, `speed` and `load_onnx`): batch-1 latency over
-`evaluate.latency_examples` dev inputs and throughput at `evaluate.batch_size`, medians of
-`evaluate.repeats` runs after a warm-up, `evaluate.threads` threads (torch and ONNX Runtime intra-op),
+them (its GlueEval / TranslationEval, hence its `scoring_pass`, `speed` and `load_onnx`): batch-1 latency
+over `evaluate.latency_examples` dev inputs (median of `evaluate.repeats` runs) and throughput at
+`evaluate.batch_size` (the scoring pass over the whole set, after a warm-up), `evaluate.threads` threads
+(torch and ONNX Runtime intra-op),
 on real dev sentences (GLUE) and test sentences (translation), with the dev accuracy / test BLEU of each
 format. PyTorch runs on token tensors, ONNX Runtime on raw text (its timing includes tokenization).
 
@@ -131,7 +132,7 @@ def glue_format(variant: str, task: str, fmt: str, overrides: dict) -> dict:
     if fmt == "pytorch_fp32":
         results, timing = evaluator.fairseq(variant, json.loads((variant / VARIANT_FILE).read_text()))
     else:
-        results, timing = evaluator.onnx(variant)
+        results, timing = evaluator.onnx(variant, None)
     split, examples, _, value, low, high, _ = next(r for r in results if r[2] == "accuracy")
     return {**timing, "accuracy": value, "accuracy_ci": [low, high], "split": split, "examples": examples,
             "threads": cfg.threads, "batch_size": cfg.batch_size, "repeats": cfg.repeats, **described(variant)}
@@ -145,7 +146,7 @@ def mt_format(variant: str, fmt: str, overrides: dict) -> dict:
     if fmt == "pytorch_fp32":
         results, timing = evaluator.fairseq(variant, json.loads((variant / VARIANT_FILE).read_text()))
     else:
-        results, timing = evaluator.onnx(variant)
+        results, timing = evaluator.onnx(variant, None)
     split, examples, _, value, low, high, _ = results[0]
     return {**timing, "bleu": value, "bleu_ci": [low, high], "split": split, "examples": examples,
             "beam": cfg.beam, "threads": cfg.threads, "batch_size": cfg.batch_size, "repeats": cfg.repeats,
@@ -159,3 +160,44 @@ def described(variant: Path) -> dict:
     quantized = info.get("quantization", {})
     return {"bytes_zip": info.get("bytes_zip"), "quantization": quantized.get("scheme"),
             "agreement": quantized.get("agreement"), "quantized_on": quantized.get("cpu")}
+
+
+# the missed targets a profile can explain: where a classifier's or a translator's time or bytes go
+EXPLAINED = {"glue": ("target_speedup", "target_over_onnx", "target_batch1", "target_int4_bytes"),
+             "mt": ("target_batch1",)}
+
+
+def explain_misses(results: dict) -> None:
+    """For each missed speed or size target of a pipeline-made model, what its profile shows the time or the
+    bytes go to (bench.ort_profile, each in a child process), written beside the target as its "why"."""
+    cfg, threads = results["settings"]["evaluate"], results["settings"]["eval_threads"]
+    for kind, keys in EXPLAINED.items():
+        for row in results["deployment"][kind]:
+            for key in keys:
+                if row.get(key, {}).get("pass") is not False:
+                    continue
+                if not row["source"].startswith("models/compressed"):
+                    row[key]["why"] = "not profiled: the models were built in a temp dir"
+                    continue
+                row[key]["why"] = profile_of_miss(kind, key, row, cfg, threads)
+                print(f"deployment {row['model']}: {key} missed: {row[key]['why']}", flush=True)
+
+
+def profile_of_miss(kind: str, key: str, row: dict, cfg: dict, threads: int) -> str:
+    from bench import ort_profile
+    model_dir = Path(row["source"])
+    if kind == "mt":
+        args = (str(model_dir / FORMATS["onnx_int8"]), cfg["latency_examples"], cfg["beam"], threads)
+        return in_child(explained, "generation", args)["why"]
+    if key == "target_int4_bytes":
+        return in_child(explained, "int4_bytes", (str(model_dir / FORMATS["onnx_int4"]),))["why"]
+    batch, repeats = (1, 30) if key == "target_batch1" else (cfg["batch_size"], 10)
+    profile = in_child(explained, "profile", (row["model"], 0.0, batch, threads, repeats))["profile"]
+    return ort_profile.classifier_summary(profile)
+
+
+def explained(what: str, args: tuple) -> dict:
+    from bench import ort_profile
+    if what == "profile":
+        return {"profile": ort_profile.classifier_profile(*args)}
+    return {"why": {"int4_bytes": ort_profile.int4_bytes, "generation": ort_profile.generation_profile}[what](*args)}

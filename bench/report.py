@@ -17,8 +17,9 @@ def add_targets(results: dict) -> list:
     targets = []
 
     def add(row, key, name, value, *rule, note=""):
-        row[key] = check(value, *rule, note=note)
-        targets.append({"name": name, "value": None if value is None else round(value, 4), **row[key]})
+        # one dict in both places, so a profile added to a missed target later (its "why") shows in both
+        row[key] = {"name": name, "value": None if value is None else round(value, 4), **check(value, *rule, note=note)}
+        targets.append(row[key])
 
     for row in results.get("training", []):
         add(row, "target", f"training tokens/s, fairseq / transformers, {row['size']}", row["ratio"], ">=", 1.0)
@@ -117,6 +118,9 @@ def markdown(results: dict) -> str:
            f"Settings: {', '.join(f'{k}={v}' for k, v in st.items())}.\n",
            "## Targets\n", table(["target", "value", "goal", "verdict (margin)"],
                                  [[t["name"], t["value"], t["goal"], verdict(t)] for t in results["targets"]])]
+    missed = [t for t in results["targets"] if t.get("why")]
+    if missed:
+        out += ["\nWhere each miss goes, from its profile:\n", *[f"- {t['name']}: {t['why']}." for t in missed], ""]
     if results.get("training"):
         rows = results["training"]
         timed = rows[0]["precisions"]

@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -69,7 +70,10 @@ def main(argv):
     total = sum(v.numel() for v in counted.values())
 
     out = COMPRESSED_DIR / name
-    with atomic_dir(out) as tmp:
+    # zip sizes are computed on the other core while this one prunes, quantizes and exports (zlib releases
+    # the GIL): each variant.json is written once its zip is measured
+    with atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=1) as zipper:
+        pending = []  # (variant.json path, its record, the futures of the zip sizes that add up to bytes_zip)
         for sparsity in cfg.sparsities:
             pruned = prune({k: state[k] for k in matrices}, sparsity, cfg.pruning)
             model, recovered = {**state, **pruned}, None
@@ -82,7 +86,7 @@ def main(argv):
             measured = zeros / sum(w.numel() for w in pruned.values())
             zeros_outside = sum(int((v == 0).sum()) for k, v in counted.items() if k not in matrices)
             # zip of the weights that compression leaves as they are; every variant's zip size adds it
-            dense_zip = zip_bytes({k: v for k, v in counted.items() if k not in matrices})
+            dense_zip = zipper.submit(zip_bytes, {k: v for k, v in counted.items() if k not in matrices})
             common = {**described, "target_sparsity": sparsity, "sparsity": round(measured, 6),
                       "parameters": total, "nonzero_parameters": total - zeros - zeros_outside,
                       "recovery": recovered}
@@ -99,17 +103,19 @@ def main(argv):
                     nonzero = total - zeros_outside - sum(z for _, z in quantized.values())
                 torch.save(stored, variant / WEIGHTS_FILE)
                 matrix_bytes = sum(w.numel() * bits // 8 for w in pruned.values())
-                write_json(variant / VARIANT_FILE, {
+                pending.append((variant / VARIANT_FILE, {
                     **common, "variant": variant.name, "bits": bits, "nonzero_parameters": nonzero,
                     "format": FAIRSEQ_FP32 if bits == 32 else SIMULATED,
                     # a standalone model at this precision: the matrices at k bits (+ scales), the rest fp32
                     "bytes": matrix_bytes + scale_bytes(stored) + 4 * (total - sum(w.numel() for w in pruned.values())),
-                    "bytes_zip": dense_zip + zip_bytes(packed_tensors(stored)),
-                    "files": {WEIGHTS_FILE: (variant / WEIGHTS_FILE).stat().st_size}})
+                    "bytes_zip": None, "files": {WEIGHTS_FILE: (variant / WEIGHTS_FILE).stat().st_size}},
+                    [dense_zip, zipper.submit(zip_bytes, packed_tensors(stored))]))
             log(f"compress {name}: sparsity {sparsity} (measured {measured:.4f}): fp32 + {cfg.bits} bits")
             if sparsity in cfg.onnx_sparsities:
-                export_onnx(task, {**checkpoint, "model": model}, tmp, sparsity, common, params)
+                pending += export_onnx(task, {**checkpoint, "model": model}, tmp, sparsity, common, params, zipper)
                 log(f"compress {name}: sparsity {sparsity}: ONNX fp32 + int8 + int4")
+        for path, record, zips in pending:
+            write_json(path, {**record, "bytes_zip": sum(z.result() for z in zips)})
     shutil.rmtree(WORK_DIR / "compress" / name, ignore_errors=True)
     log(f"wrote {out}")
 
@@ -227,9 +233,10 @@ def zip_bytes(tensors: dict) -> int:
     return buffer.tell()
 
 
-def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common: dict, params) -> None:
+def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common: dict, params, zipper) -> list:
     """The deployment models of one pruned checkpoint: ONNX fp32, ONNX Runtime int8 (the scheme this CPU
-    computes fastest, checked against fp32 on dev data) and ONNX Runtime int4."""
+    computes fastest, checked against fp32 on dev data) and ONNX Runtime int4. Returns their variant.json
+    paths, records and zip-size futures (on `zipper`)."""
     cfg = params.compress
     dirs = {suffix: out / variant_name(sparsity, bits, suffix) for suffix, bits, _ in ONNX_FORMATS}
     with tempfile.TemporaryDirectory() as hf_dir:
@@ -244,17 +251,20 @@ def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common:
             save_transformers_classifier(checkpoint, Path("data/bin/mlm/spm.model"), labels, Path(hf_dir))
             checked = export_onnx_classifier(Path(hf_dir), *dirs.values(), glue_texts(task, cfg.int8_check_examples),
                                              cfg.int8_min_agreement)
+    pending = []
     for suffix, bits, fmt in ONNX_FORMATS:
         directory = dirs[suffix]
         onnx_files = sorted(directory.glob("*.onnx"))
-        write_json(directory / VARIANT_FILE, {
+        pending.append((directory / VARIANT_FILE, {
             **common, "variant": directory.name, "bits": bits, "format": fmt,
-            "bytes": sum(f.stat().st_size for f in onnx_files), "bytes_zip": zipped_bytes(directory),
+            "bytes": sum(f.stat().st_size for f in onnx_files), "bytes_zip": None,
             "files": {f.name: f.stat().st_size for f in onnx_files},
-            **({"quantization": checked[suffix]} if suffix in checked else {})})
+            **({"quantization": checked[suffix]} if suffix in checked else {})},
+            [zipper.submit(zipped_bytes, directory)]))
     log(f"compress: sparsity {sparsity}: int8 {checked['int8']['scheme']} ({checked['int8']['why']}), agreement "
         f"{checked['int8']['agreement']:.4f}; int4 agreement {checked['int4']['agreement']:.4f} "
         f"({checked['int8']['checked_on']})")
+    return pending
 
 
 def glue_texts(task: str, n: int) -> list[tuple]:

@@ -7,11 +7,11 @@ recorded) on the detokenized test set with beam search. Each row also carries `c
 best score of a predictor that ignores its input (always the same class; for the loss, the dev label
 frequencies; for BLEU, the same sentence for every source; 0 for a correlation) on the same examples,
 so a model at that level is seen to have learned nothing. fairseq variants run in PyTorch, ONNX variants in ONNX
-Runtime on raw text, never by reloading PyTorch weights. Size columns come from variant.json. Speed
-(batch-1 latency, throughput at `evaluate.batch_size`, median of `evaluate.repeats` runs after a
-warm-up, `evaluate.threads` threads) is measured for the deployment formats: PyTorch fp32 of the dense
-model and every ONNX fp32 / int8 model (a pruned or simulated k-bit PyTorch model runs the same dense
-kernels as the dense one).
+Runtime on raw text, never by reloading PyTorch weights. Size columns come from variant.json. Speed, on
+`evaluate.threads` threads, is measured for the deployment formats, PyTorch fp32 of the dense model and
+the ONNX models: throughput is the scoring pass's (the whole set at `evaluate.batch_size`, after a
+warm-up), batch-1 latency the median of `evaluate.repeats` runs. A pruned or simulated k-bit model runs
+the same dense kernels as its format's dense one, so only the dense ones' latency is timed.
 
 Writes reports/eval/<model>.csv, one row per (variant, split, metric).
 
@@ -32,8 +32,9 @@ from lib.errors import StageError, log
 from lib.files import read_lines
 from lib.glue import read_tsv, regression_target
 from lib.glue_task import class_labels, glue_meta
-from lib.inference import by_length, load_onnx, speed
+from lib.inference import by_length, load_onnx, scoring_pass, speed
 from lib.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, bootstrap, cross_entropy, f1
+from lib.onnx_export import quantization_columns
 from lib.params import load_params
 from lib.recipes import MAX_LEN_A, MAX_LEN_B
 from lib.stage import run_stage
@@ -59,17 +60,16 @@ def main(argv):
     try:
         evaluator = TranslationEval(cfg, params.data.translation) if task == "translation" else \
             GlueEval(cfg, task, params.datasets[task].metrics)
-        rows = []
+        rows, latencies = [], {}  # format -> (variant, ms): a pruned ONNX model runs its format's dense kernels
         for i, variant in enumerate(variants, 1):
             described = json.loads((variant / VARIANT_FILE).read_text())
             started = time.time()
-            onnx = is_onnx(described["format"])
-            results, timing = evaluator.onnx(variant) if onnx else evaluator.fairseq(variant, described)
-            quantized = described.get("quantization", {})  # int8: the scheme and the CPU flags it was chosen for
-            scheme = quantized.get("scheme", "") + (f" [{' '.join(quantized['isa'])}]" if "isa" in quantized else "")
-            # chosen for the CPU that quantized: on another one it may be slower or saturate
-            elsewhere = "" if quantized.get("cpu") in (None, hardware.cpu()) else \
-                f"quantized on {quantized['cpu']}, run on {hardware.cpu()}"
+            onnx, timed_as = is_onnx(described["format"]), latencies.get(described["format"])
+            results, timing = evaluator.onnx(variant, timed_as) if onnx else evaluator.fairseq(variant, described)
+            if onnx:
+                latencies.setdefault(described["format"], (variant.name, timing["latency_ms"]))
+            reused = f"latency timed on {timed_as[0]} (the same kernels)" if timed_as else ""
+            scheme, agreement, elsewhere = quantization_columns(described.get("quantization", {}))
             for split, examples, metric, value, low, high, details in results:
                 constant = evaluator.constant_score(split, metric)
                 rows.append({
@@ -82,8 +82,8 @@ def main(argv):
                     "metric": metric, "value": round(value, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
                     "constant_score": "" if constant is None else round(constant, 4),
                     **(timing or {}), "threads": cfg.threads, "hardware": hardware.cpu(),
-                    "quantization": scheme, "agreement": quantized.get("agreement", ""),
-                    "details": "; ".join(filter(None, [details, elsewhere]))})
+                    "quantization": scheme, "agreement": agreement,
+                    "details": "; ".join(filter(None, [details, reused, elsewhere]))})
             log(f"evaluate {name}: [{i}/{len(variants)}] {variant.name}: "
                 + ", ".join(f"{r[2]} {r[3]:.2f}" for r in results)
                 + (f", {timing['latency_ms']} ms at batch 1" if timing else "") + f" ({time.time() - started:.1f} s)")
@@ -159,15 +159,16 @@ class GlueEval:
                 [described["source"]], arg_overrides={"data": str(self.data)})
             self.model = models[0].eval()
         self.model.load_state_dict(checkpoint["model"])
-        results = []
+        results, seconds = [], 0.0
         for fairseq_split, split, rows in self.splits():
             self.fairseq_task.load_dataset(fairseq_split)
             dataset = self.fairseq_task.dataset(fairseq_split)
             samples = [dataset[i] for i in range(len(rows))]
             with torch.no_grad():
-                logits = torch.stack(by_length(
+                logits, rate = scoring_pass(
                     lambda batch: self.classify(dataset.collater(batch)["net_input"]["src_tokens"]),
-                    samples, lambda sample: len(sample["net_input.src_tokens"]), self.cfg.batch_size))
+                    samples, lambda sample: len(sample["net_input.src_tokens"]), self.cfg.batch_size)
+            logits, seconds = torch.stack(logits), seconds + len(rows) / rate
             # a class index, or for regression fairseq's list of (scaled) targets
             gold = torch.cat([torch.as_tensor(sample["target"]).view(-1) for sample in samples])
             for metric, value, low, high in self.score(gold.numpy(), logits.numpy()):
@@ -180,13 +181,13 @@ class GlueEval:
             def run(batch):
                 with torch.no_grad():
                     self.classify(torch.nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=pad))
-            measured = speed(run, tokens, self.cfg, "sentences/s")
+            measured = speed(run, tokens, self.cfg, "sentences/s", len(samples) / seconds)
         return results, measured
 
     def classify(self, src_tokens):
         return self.model(src_tokens, features_only=True, classification_head_name="sentence_classification_head")[0]
 
-    def onnx(self, variant: Path):
+    def onnx(self, variant: Path, timed_as):
         from optimum.onnxruntime import ORTModelForSequenceClassification
         from transformers import AutoTokenizer
         model = load_onnx(ORTModelForSequenceClassification, variant, threads=self.cfg.threads)
@@ -202,16 +203,17 @@ class GlueEval:
                                 return_tensors="np")
             return model(**encoded).logits
 
-        results = []
+        results, seconds, examples = [], 0.0, 0
         for _, split, rows in self.splits():
             texts = [tuple(r[c] for c in columns) for r in rows]
-            logits = np.stack(by_length(lambda batch: np.asarray(run(batch)), texts,
-                                        lambda text: sum(map(len, text)), self.cfg.batch_size))
+            logits, rate = scoring_pass(lambda batch: np.asarray(run(batch)), texts, lambda text: sum(map(len, text)),
+                                        self.cfg.batch_size)
+            logits, seconds, examples = np.stack(logits), seconds + len(rows) / rate, examples + len(rows)
             gold = np.array([regression_target(r["label"], self.meta["label_range"]) for r in rows]
                             if self.meta["regression"] else [label_id[r["label"]] for r in rows])
             for metric, value, low, high in self.score(gold, logits):
                 results.append((split, len(rows), metric, value, low, high, ""))
-        return results, speed(run, texts, self.cfg, "sentences/s")
+        return results, speed(run, texts, self.cfg, "sentences/s", examples / seconds, timed_as)
 
 
 class TranslationEval:
@@ -264,13 +266,12 @@ class TranslationEval:
                                                                         "src_lengths": lengths}})
             return [tgt_dict.string(hypos[0]["tokens"], "sentencepiece") for hypos in out]
 
-        hypotheses = by_length(run, sources, len, self.cfg.batch_size)
-        measured = None
-        if variant.name == DENSE:
-            measured = speed(run, sources, self.cfg, "sentences/s")
-        return self.bleu(hypotheses), measured
+        if variant.name != DENSE:  # timed: the deployment format only
+            return self.bleu(by_length(run, sources, len, self.cfg.batch_size)), None
+        hypotheses, rate = scoring_pass(run, sources, len, self.cfg.batch_size)
+        return self.bleu(hypotheses), speed(run, sources, self.cfg, "sentences/s", rate)
 
-    def onnx(self, variant: Path):
+    def onnx(self, variant: Path, timed_as):
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
         from lib.hf_m2m100 import decode, encode
         from lib.ort_generate import generate
@@ -286,8 +287,8 @@ class TranslationEval:
                            max_length=int(MAX_LEN_A * input_ids.shape[1]) + MAX_LEN_B + 2)
             return decode(sp, out)
 
-        hypotheses = by_length(run, self.sources, len, self.cfg.batch_size)
-        return self.bleu(hypotheses), speed(run, self.sources, self.cfg, "sentences/s")
+        hypotheses, rate = scoring_pass(run, self.sources, len, self.cfg.batch_size)
+        return self.bleu(hypotheses), speed(run, self.sources, self.cfg, "sentences/s", rate, timed_as)
 
 
 def argparse_beam(beam: int):

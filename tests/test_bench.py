@@ -84,6 +84,17 @@ def test_quick_benchmark_writes_json_and_markdown(in_trained_project):
     assert "training tokens/s, bf16 / fp32, T1 (largest size)" in markdown
     assert f"on cpu ({result['hardware']['cpu']}" in markdown  # the training figures name the CPU and its flags
 
+    # a missed speed or size target gets what its profile shows (T1's targets may pass: misses are forced here)
+    from bench import deployment, report
+    for row, key in ((glue, "target_speedup"), (glue, "target_int4_bytes"), (mt, "target_batch1")):
+        row[key]["pass"] = False
+    result["targets"] = [t for row in (glue, mt) for k, t in row.items() if k.startswith("target")]
+    deployment.explain_misses(result)
+    assert "int8 operators sum to" in glue["target_speedup"]["why"] and "tokenizer" in glue["target_speedup"]["why"]
+    assert "4-bit codes" in glue["target_int4_bytes"]["why"] and "scales" in glue["target_int4_bytes"]["why"]
+    assert "inside ONNX Runtime's session runs" in mt["target_batch1"]["why"]
+    assert "Where each miss goes" in report.markdown(result) and glue["target_speedup"]["why"] in report.markdown(result)
+
     from bench import ort_profile
     profiled = ort_profile.main(["T1-sst2", "--repeats", "2", "--threads", "1", "--batch", "4"])
     for fmt in ("fp32", "int8"):

@@ -128,6 +128,22 @@ def test_translation_model_scores_high_bleu_on_its_own_training_pairs(tiny_proje
     assert int(rows["s0.00-fp32"]["examples"]) == 40
 
 
+def test_pruned_onnx_models_have_their_own_throughput_and_their_format_s_dense_latency(in_trained_project):
+    """ONNX Runtime runs a pruned model with the dense kernels: its batch-1 latency is its format's dense
+    model's, said so in the row; throughput is every timed variant's own scoring pass."""
+    set_params(in_trained_project, lambda p: configure(p, onnx_sparsities=[0.0, 0.9]))
+    compress.main(["glue", "T1", "sst2"])
+    evaluate.main(["glue", "T1", "sst2"])
+    rows = {r["variant"]: r for r in read_rows("reports/eval/T1-sst2.csv") if r["metric"] == "accuracy"}
+    for fmt in ("fp32", "int8", "int4"):
+        dense, pruned = rows[f"onnx-s0.00-{fmt}"], rows[f"onnx-s0.90-{fmt}"]
+        assert float(dense["latency_ms"]) > 0 and "latency timed" not in dense["details"]
+        assert pruned["latency_ms"] == dense["latency_ms"]
+        assert f"latency timed on onnx-s0.00-{fmt}" in pruned["details"]
+        assert float(pruned["throughput"]) > 0 and float(dense["throughput"]) > 0
+    assert float(rows["s0.00-fp32"]["throughput"]) > 0 and rows["s0.90-fp32"]["throughput"] == ""
+
+
 def test_corrupted_onnx_file_gives_an_error_naming_it(in_trained_project):
     set_params(in_trained_project, lambda p: configure(p, onnx_sparsities=[0.0]))
     compress.main(["glue", "T1", "sst2"])

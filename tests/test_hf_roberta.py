@@ -170,13 +170,14 @@ def test_onnx_fp32_matches_and_int8_and_int4_agree_on_raw_text(in_trained_projec
     from lib.onnx_export import activation_matmuls
     ops = {fmt: collections.Counter(n.op_type for n in onnx.load(str(t1 / fmt / f)).graph.node)
            for fmt, f in formats.items()}
-    # every MatMul with a constant weight is quantized, in both; attention's activation x activation MatMuls
-    # stay fp32 (int8: lib.onnx_export.activation_matmuls); int4 also stores the embeddings in 4 bits, int8
-    # the classifier head's two Gemms too (the 4-bit quantizer takes MatMul and Gather only)
+    # every MatMul with a constant weight and the classifier head's two Gemms are quantized, in both;
+    # attention's activation x activation MatMuls stay fp32 (int8: lib.onnx_export.activation_matmuls); int4
+    # also stores the embeddings in 4 bits (its Gemms become MatMul + Add first: lib.onnx_export.gemms_as_matmuls)
     attention = len(activation_matmuls(t1 / "fp32" / ONNX_FP32_FILE))
     assert 0 < attention < ops["fp32"]["MatMul"] and ops["fp32"]["Gemm"] == 2
-    assert ops["int4"]["MatMul"] == ops["int8"]["MatMul"] == attention
-    assert ops["int4"]["MatMulNBits"] == ops["fp32"]["MatMul"] - attention and ops["int4"]["GatherBlockQuantized"]
+    assert ops["int4"]["MatMul"] == ops["int8"]["MatMul"] == attention and ops["int4"]["Gemm"] == 0
+    assert ops["int4"]["MatMulNBits"] == ops["fp32"]["MatMul"] - attention + ops["fp32"]["Gemm"]
+    assert ops["int4"]["GatherBlockQuantized"]
     assert ops["int8"]["DynamicQuantizeMatMul"] + ops["int8"]["MatMulInteger"] + ops["int8"]["MatMulIntegerToFloat"] \
         == ops["fp32"]["MatMul"] - attention + ops["fp32"]["Gemm"]
     # 4 bits a weight, the embeddings too: several times smaller than fp32

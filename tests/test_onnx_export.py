@@ -38,3 +38,32 @@ def test_the_fallback_is_kept_only_where_it_agrees_more():
     checked, written = run({"u8s8": 0.95, FALLBACK: 0.94}, 0.97, ["avx512_vnni"])
     assert written == ["u8s8", FALLBACK, "u8s8"]  # the faster model is written again
     assert checked["scheme"] == "u8s8" and checked["agreement"] == 0.95
+
+
+def test_gemm_becomes_matmul_and_add_with_the_same_outputs(tmp_path):
+    """The classifier head's Gemm (transB, with a bias) as MatMul + Add, which the 4-bit quantizer takes: the
+    same outputs, and the transposed weight is not kept beside the new one."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+    from lib.onnx_export import gemms_as_matmuls
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="head", transB=1)], "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(size=(5, 4)).astype(np.float32)
+
+    def run(m):
+        return onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x})[0]
+    expected = run(model)
+    rewritten = gemms_as_matmuls(onnx.load_from_string(model.SerializeToString()))
+    assert [n.op_type for n in rewritten.graph.node] == ["MatMul", "Add"]
+    assert sorted(t.name for t in rewritten.graph.initializer) == ["b", "w_matmul"]
+    np.testing.assert_allclose(run(rewritten), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(expected, x @ weight.T + bias, rtol=1e-5, atol=1e-6)
