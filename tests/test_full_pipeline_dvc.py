@@ -93,8 +93,14 @@ def test_two_clean_runs_of_the_ci_profile_score_exactly_the_same(pipeline, tmp_p
     run("python", "-m", "stages.check", "--update")
     shutil.copy(first / "reports/baseline-ci.json", second / "reports/baseline-ci.json")
     monkeypatch.chdir(second)
-    out = run("python", "-m", "stages.check").stdout
-    assert "0 of" in out and "the same hardware" in out
-    rules = {line.split()[0]: line.split()[3] for line in out.splitlines()[1:]
-             if line.split() and line.split()[0] in scores(second)}
-    assert {rules[k] for k in scores(second)} == {"exact"}
+    checked = run("python", "-m", "stages.check", check=False)
+    assert "the same hardware" in checked.stdout
+    rows = {line.split()[0]: line.split() for line in checked.stdout.splitlines()[1:]
+            if line.split() and "/" in line.split()[0]}
+    # every score passes exactly; a timing is held to the latency tolerance, and the exit status follows it
+    # (the tiny models' sub-millisecond timings can double between two runs on a shared 2-core machine:
+    # seen 0.96 vs 2.31 ms, so whether they pass is not asserted)
+    assert all(rows[k][3] == "exact" and rows[k][-1] == "ok" for k in scores(second))
+    timings = set(rows) - set(scores(second))
+    assert timings and all(rows[k][3:5] == ["at", "most"] for k in timings)
+    assert checked.returncode == int(any(rows[k][-1] == "REGRESSED" for k in timings))
