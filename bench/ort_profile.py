@@ -97,7 +97,8 @@ def classifier_summary(profile: dict) -> str:
     return (f"ONNX Runtime's profiler: the int8 operators sum to {int8:.1f} ms per batch against fp32's {fp32:.1f} "
             f"({fp32 / int8:.2f}x); those that do not shrink take {sum(ms for _, ms in kept):.1f} ms of int8's ("
             + ", ".join(f"{op} {ms:.1f}" for op, ms in kept[:5])
-            + f"); the tokenizer adds {profile['tokenize_ms']:.1f} ms a batch to both; wall {profile['fp32']['wall_ms']:.1f} vs {profile['int8']['wall_ms']:.1f} ms a batch")
+            + f"); the tokenizer adds {profile['tokenize_ms']:.1f} ms a batch to both; wall "
+            f"{profile['fp32']['wall_ms']:.1f} (fp32) vs {profile['int8']['wall_ms']:.1f} ms (int8) a batch")
 
 
 def int4_bytes(int4_dir: str) -> str:
