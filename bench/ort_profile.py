@@ -124,19 +124,15 @@ def generation_profile(variant: str, sentences: int, beam: int, threads: int) ->
     import sentencepiece
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
     from lib.files import read_lines
-    from lib.hf_m2m100 import encode
     from lib.inference import load_onnx
-    from lib.ort_generate import generate
-    from lib.recipes import MAX_LEN_A, MAX_LEN_B
+    from lib.ort_generate import translate
     model = load_onnx(ORTModelForSeq2SeqLM, Path(variant), threads=threads)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(Path(variant) / "spm.model"))
     sources = read_lines(Path("data/bin/mt/test.raw.en"))[:sentences]
 
     def run():
         for source in sources:
-            input_ids, attention_mask = encode(sp, [source])
-            generate(model, input_ids, attention_mask, num_beams=beam,
-                     max_length=int(MAX_LEN_A * input_ids.shape[1]) + MAX_LEN_B + 2)
+            translate(model, sp, [source], beam)
     run()  # warm-up
     profiler = cProfile.Profile()
     profiler.runcall(run)

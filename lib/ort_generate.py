@@ -13,11 +13,23 @@ generate's, token for token (tests/test_hf_m2m100.py), as long as one sentence's
 on the others in its batch (fp32; dynamic int8 quantizes activations with one scale per batch, so there
 the batch's make-up moves the logits a little, in both searches).
 
-    translations = generate(model, input_ids, attention_mask, num_beams=4, max_length=n)
+    translations = translate(model, sp, ["A man is sleeping."], num_beams=4)   # raw text in and out
 """
 import torch
 
+from lib.recipes import MAX_LEN_A, MAX_LEN_B
+
 NEG = -1.0e9  # transformers' "impossible" score
+
+
+def translate(model, sp, sources: list[str], num_beams: int) -> list[str]:
+    """Raw translations of raw `sources` (one batch), with the sentencepiece processor `sp`: generate's beam search
+    to fairseq's length limit (MAX_LEN_A * source length + MAX_LEN_B tokens, + the start token and </s>)."""
+    from lib.hf_m2m100 import decode, encode
+    input_ids, attention_mask = encode(sp, sources)
+    out = generate(model, input_ids, attention_mask, num_beams=num_beams,
+                   max_length=int(MAX_LEN_A * input_ids.shape[1]) + MAX_LEN_B + 2)
+    return decode(sp, out)
 
 
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int,

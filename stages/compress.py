@@ -85,8 +85,10 @@ def main(argv):
             zeros = sum(int((w == 0).sum()) for w in pruned.values())
             measured = zeros / sum(w.numel() for w in pruned.values())
             zeros_outside = sum(int((v == 0).sum()) for k, v in counted.items() if k not in matrices)
-            # zip of the weights that compression leaves as they are; every variant's zip size adds it
-            dense_zip = zipper.submit(zip_bytes, {k: v for k, v in counted.items() if k not in matrices})
+            # zip of the weights that compression leaves as they are; every variant's zip size adds it. They are
+            # the same at every sparsity unless a recovery retrained them, so then they are zipped once
+            if recovered or sparsity == cfg.sparsities[0]:
+                dense_zip = zipper.submit(zip_bytes, {k: v for k, v in counted.items() if k not in matrices})
             common = {**described, "target_sparsity": sparsity, "sparsity": round(measured, 6),
                       "parameters": total, "nonzero_parameters": total - zeros - zeros_outside,
                       "recovery": recovered}

@@ -159,29 +159,34 @@ class GlueEval:
                 [described["source"]], arg_overrides={"data": str(self.data)})
             self.model = models[0].eval()
         self.model.load_state_dict(checkpoint["model"])
-        results, seconds = [], 0.0
+        timed = variant.name == DENSE  # the deployment format; the others share its kernels (module docstring)
+        results, seconds, examples = [], 0.0, 0
         for fairseq_split, split, rows in self.splits():
             self.fairseq_task.load_dataset(fairseq_split)
             dataset = self.fairseq_task.dataset(fairseq_split)
             samples = [dataset[i] for i in range(len(rows))]
+            pass_args = (lambda batch: self.classify(dataset.collater(batch)["net_input"]["src_tokens"]),
+                         samples, lambda sample: len(sample["net_input.src_tokens"]), self.cfg.batch_size)
             with torch.no_grad():
-                logits, rate = scoring_pass(
-                    lambda batch: self.classify(dataset.collater(batch)["net_input"]["src_tokens"]),
-                    samples, lambda sample: len(sample["net_input.src_tokens"]), self.cfg.batch_size)
-            logits, seconds = torch.stack(logits), seconds + len(rows) / rate
+                if timed:
+                    logits, rate = scoring_pass(*pass_args)
+                    seconds, examples = seconds + len(rows) / rate, examples + len(rows)
+                else:
+                    logits = by_length(*pass_args)
+            logits = torch.stack(logits)
             # a class index, or for regression fairseq's list of (scaled) targets
             gold = torch.cat([torch.as_tensor(sample["target"]).view(-1) for sample in samples])
             for metric, value, low, high in self.score(gold.numpy(), logits.numpy()):
                 results.append((split, len(rows), metric, value, low, high, ""))
         measured = None
-        if variant.name == DENSE:
+        if timed:
             tokens = [dataset[i]["net_input.src_tokens"] for i in range(len(samples))]
             pad = self.fairseq_task.source_dictionary.pad()
 
             def run(batch):
                 with torch.no_grad():
                     self.classify(torch.nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=pad))
-            measured = speed(run, tokens, self.cfg, "sentences/s", len(samples) / seconds)
+            measured = speed(run, tokens, self.cfg, "sentences/s", examples / seconds)
         return results, measured
 
     def classify(self, src_tokens):
@@ -273,19 +278,13 @@ class TranslationEval:
 
     def onnx(self, variant: Path, timed_as):
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
-        from lib.hf_m2m100 import decode, encode
-        from lib.ort_generate import generate
+        from lib.ort_generate import translate
         import sentencepiece
         model = load_onnx(ORTModelForSeq2SeqLM, variant, threads=self.cfg.threads)
         sp = sentencepiece.SentencePieceProcessor(model_file=str(self.data / "spm.model"))
 
         def run(batch):
-            input_ids, attention_mask = encode(sp, batch)
-            # generate's beam search, without decoding sentences that are already done (lib/ort_generate.py)
-            out = generate(model, input_ids, attention_mask, num_beams=self.cfg.beam,
-                           # fairseq's limit, + the start token and </s>
-                           max_length=int(MAX_LEN_A * input_ids.shape[1]) + MAX_LEN_B + 2)
-            return decode(sp, out)
+            return translate(model, sp, batch, self.cfg.beam)
 
         hypotheses, rate = scoring_pass(run, self.sources, len, self.cfg.batch_size)
         return self.bleu(hypotheses), speed(run, self.sources, self.cfg, "sentences/s", rate, timed_as)

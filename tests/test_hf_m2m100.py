@@ -219,6 +219,22 @@ def test_fast_generation_matches_generate_token_for_token(in_trained_project, co
         assert got.tolist() == expected.tolist(), max_length
 
 
+def test_translate_is_generate_on_raw_text_to_fairseqs_length_limit(in_trained_project, converted):
+    """What evaluate and the bench call: raw sources in, generate's beam-4 output decoded to raw text, with the
+    length limit of fairseq's generator (lib.recipes: MAX_LEN_A * source tokens + MAX_LEN_B)."""
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+    from lib.ort_generate import translate
+    from lib.recipes import MAX_LEN_A, MAX_LEN_B
+    import sentencepiece
+    model = ORTModelForSeq2SeqLM.from_pretrained(converted / "T1-fp32")
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(converted / "T1-fp32" / SPM_FILE))
+    sources = read_lines(DATA / "valid.raw.en")[:8]
+    input_ids, attention_mask = encode(sp, sources)
+    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=4,
+                              max_length=int(MAX_LEN_A * input_ids.shape[1]) + MAX_LEN_B + 2)
+    assert translate(model, sp, sources, 4) == decode(sp, expected)
+
+
 def test_other_checkpoints_are_refused(in_trained_project, tmp_path):
     for path in ("models/pretrain/T1/checkpoint.pt", "models/finetune/T1-sst2/checkpoint.pt"):
         with pytest.raises(StageError, match="translation"):

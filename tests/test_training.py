@@ -71,6 +71,24 @@ def test_finetune_learns_a_separable_task_from_the_pretrained_size(prepared):
     assert Path("models/finetune/T1-sst2/checkpoint.pt").is_file()
 
 
+def test_glue_batches_group_sentences_of_similar_length_while_fairseq_trains(prepared):
+    """fairseq's sentence_prediction orders examples by a shuffle only; under the harness's hooks they are in
+    length order (so a batch pads little), shuffled among equal lengths, and fairseq's order is back after."""
+    import numpy as np
+    from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
+    from lib.harness import fairseq_hooks
+    task = SentencePredictionTask.setup_task(SentencePredictionConfig(data="data/bin/glue/sst2", num_classes=2, seed=1))
+
+    def lengths_in_order():
+        dataset = task.load_dataset("train")
+        return dataset.sizes[0][dataset.ordered_indices()]
+
+    with fairseq_hooks(None, None):
+        ordered = lengths_in_order()
+    assert np.all(np.diff(ordered) >= 0) and len(set(ordered)) > 1
+    assert np.any(np.diff(lengths_in_order()) < 0)
+
+
 def test_train_mt_curve_carries_bleu(prepared):
     train_mt.main(["T1"])
     curve = read_curve("reports/curves/train_mt-T1.csv")
