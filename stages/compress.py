@@ -74,6 +74,7 @@ def main(argv):
     # the GIL): each variant.json is written once its zip is measured
     with atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=1) as zipper:
         pending = []  # (variant.json path, its record, the futures of the zip sizes that add up to bytes_zip)
+        dense_zip = None
         for sparsity in cfg.sparsities:
             pruned = prune({k: state[k] for k in matrices}, sparsity, cfg.pruning)
             model, recovered = {**state, **pruned}, None
@@ -87,7 +88,7 @@ def main(argv):
             zeros_outside = sum(int((v == 0).sum()) for k, v in counted.items() if k not in matrices)
             # zip of the weights that compression leaves as they are; every variant's zip size adds it. They are
             # the same at every sparsity unless a recovery retrained them, so then they are zipped once
-            if recovered or sparsity == cfg.sparsities[0]:
+            if recovered or dense_zip is None:
                 dense_zip = zipper.submit(zip_bytes, {k: v for k, v in counted.items() if k not in matrices})
             common = {**described, "target_sparsity": sparsity, "sparsity": round(measured, 6),
                       "parameters": total, "nonzero_parameters": total - zeros - zeros_outside,
