@@ -22,7 +22,8 @@ else
 endif
 
 # `make repro` with each line of DVC's output stamped with the seconds since the start (reports/repro.log),
-# then where the time went by stage kind (bench/repro_times.py: reports/repro-times.json)
+# then where the time went by stage kind (bench/repro_times.py: reports/repro-times.json; after a later partial
+# `dvc repro`, `python -m bench.repro_times reports/repro.log LATER.log --json ...` keeps each stage's latest run)
 repro-timed: $(VENV)/.installed
 	set -o pipefail; dvc repro 2>&1 | python -u -c 'import sys, time; t = time.time(); \
 	[print(f"{time.time() - t:.1f} {line}", end="", flush=True) for line in sys.stdin]' | tee reports/repro.log

@@ -2,9 +2,13 @@
 
 `make repro-timed` writes reports/repro.log: every line of `dvc repro` prefixed with the seconds since it
 started. A stage's time runs from its "Running stage 'NAME':" line to the next stage's (the last to the
-end of the log), so it includes the stage's start-up and DVC's own bookkeeping after it.
+end of the log), so it includes the stage's start-up and DVC's own bookkeeping after it. The total is
+the sum of the stages' times (DVC's second of start-up before the first stage is left out).
 
-Usage: python -m bench.repro_times reports/repro.log [--json reports/repro-times.json]
+Several logs, oldest first, give each stage's latest run: a later `dvc repro` that re-ran some stages
+(after a params change) replaces their times and keeps the others'.
+
+Usage: python -m bench.repro_times reports/repro.log [LATER.log ...] [--json reports/repro-times.json]
 """
 import argparse
 import json
@@ -19,7 +23,7 @@ KINDS = {"pretrain": "training", "finetune": "training", "finetune_random": "tra
          "evaluate_glue_random": "compress + evaluate", "evaluate_mt": "compress + evaluate"}
 
 
-def stage_times(lines: list[str]) -> tuple[list[tuple[str, float]], float]:
+def stage_times(lines: list[str]) -> list[tuple[str, float]]:
     starts, end = [], 0.0
     for line in lines:
         stamp = line.split(" ", 1)[0]
@@ -28,11 +32,19 @@ def stage_times(lines: list[str]) -> tuple[list[tuple[str, float]], float]:
         match = STAGE.match(line)
         if match:
             starts.append((match.group(2), float(match.group(1))))
-    times = [(name, (starts[i + 1][1] if i + 1 < len(starts) else end) - t) for i, (name, t) in enumerate(starts)]
-    return times, end
+    return [(name, (starts[i + 1][1] if i + 1 < len(starts) else end) - t) for i, (name, t) in enumerate(starts)]
 
 
-def summary(times: list[tuple[str, float]], total: float) -> dict:
+def latest_runs(logs: list[list[str]]) -> list[tuple[str, float]]:
+    """Each stage's time in the last of `logs` (oldest first) that ran it, in first-run order."""
+    times = {}
+    for lines in logs:
+        times.update(stage_times(lines))
+    return list(times.items())
+
+
+def summary(times: list[tuple[str, float]]) -> dict:
+    total = sum(seconds for _, seconds in times)
     kinds = defaultdict(float)
     for name, seconds in times:
         kinds[KINDS.get(name.split("@")[0], "data, tabulate, report")] += seconds
@@ -48,12 +60,14 @@ def markdown(result: dict) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("log")
+    parser.add_argument("logs", nargs="+", metavar="log", help="timestamped dvc repro logs, oldest first")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    with open(args.log) as f:
-        times, total = stage_times(f.read().splitlines())
-    result = summary(times, total)
+    logs = []
+    for path in args.logs:
+        with open(path) as f:
+            logs.append(f.read().splitlines())
+    result = summary(latest_runs(logs))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

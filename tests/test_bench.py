@@ -118,3 +118,26 @@ def test_bf16_target_needs_bf16_instructions_and_two_precisions():
     assert target(1.2, ["avx2", "amx_bf16"]) == (False, -0.3, "")
     assert target(1.2, ["avx2", "avx512f"]) == (None, None, "not applicable: no bf16 instructions")
     assert target(None, [], "cuda") == (None, None, "not applicable: cuda trains in one precision only")
+
+
+def test_repro_times_takes_each_stage_from_its_latest_log(tmp_path):
+    """bench.repro_times: a stage lasts from its "Running stage" line to the next (the last to the log's
+    end); a later log that re-ran some stages replaces their times and keeps the others'."""
+    from bench import repro_times
+    full = tmp_path / "repro.log"
+    full.write_text("0.5 Running stage 'prepare_mlm':\n10.0 Running stage 'pretrain@A':\n110.0 some output\n"
+                    "110.5 Running stage 'finetune@A-sst2':\n150.5 Running stage 'evaluate_glue@A-sst2':\n160.5 done\n")
+    later = tmp_path / "repro-finetune.log"
+    later.write_text("1.0 Running stage 'finetune@A-sst2':\n81.0 Running stage 'evaluate_glue@A-sst2':\n93.0 done\n")
+    out = tmp_path / "times.json"
+    repro_times.main([str(full), "--json", str(out)])
+    once = json.loads(out.read_text())
+    assert once["stages"] == {"prepare_mlm": 9.5, "pretrain@A": 100.5, "finetune@A-sst2": 40.0,
+                              "evaluate_glue@A-sst2": 10.0}
+    assert once["total_s"] == 160.0 and once["kinds"]["training"]["seconds"] == 140.5
+    repro_times.main([str(full), str(later), "--json", str(out)])
+    latest = json.loads(out.read_text())
+    assert latest["stages"] == {"prepare_mlm": 9.5, "pretrain@A": 100.5, "finetune@A-sst2": 80.0,
+                                "evaluate_glue@A-sst2": 12.0}
+    assert latest["total_s"] == 202.0
+    assert latest["kinds"]["compress + evaluate"] == {"seconds": 12.0, "share": round(12.0 / 202.0, 3)}
