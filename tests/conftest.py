@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_MIRROR = REPO.parent / "shared" / "data"   # CI's offline mirror of the real datasets
+# the offline mirror of the real datasets: DATA_MIRROR as the user's environment sets it (read before any
+# fixture points it at a tiny mirror), else CI's ../shared/data beside the clone
+SHARED_MIRROR = Path(os.environ.get("DATA_MIRROR") or REPO.parent / "shared" / "data")
 UNREACHABLE = "http://127.0.0.1:9"                # discard port: nothing answers, so only the mirror works
 
 WORDS = ("the a cat dog bird sat ran flew on under over mat house tree river red green big small "
