@@ -1,7 +1,7 @@
 """The schema of datasets.yaml, the dataset catalog: where each dataset's files come from (URL and
 checksum), how its splits are read, and for a GLUE task its columns, labels and metrics."""
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,8 +15,13 @@ CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
 REGRESSION_METRICS = ("pearson", "spearman")
 
 
+URL = Annotated[str, Field(pattern=r"^(https?|file)://")]
+
+
 class FileSpec(Strict):
-    url: str = Field(pattern=r"^(https?|file)://")
+    # one URL, or several tried in order (mirrors of the same bytes: each download is checked against the
+    # one checksum below, and a failure or a mismatch moves on to the next)
+    url: URL | Annotated[list[URL], Field(min_length=1)]
     # sha256 is the rule; md5 only where no public sha256 exists (recorded upstream by sacrebleu).
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
@@ -26,6 +31,10 @@ class FileSpec(Strict):
         if (self.sha256 is None) == (self.md5 is None):
             raise ValueError("give exactly one of sha256 (preferred) or md5")
         return self
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url] if isinstance(self.url, str) else list(self.url)
 
 
 class Source(Strict):

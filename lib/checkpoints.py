@@ -1,5 +1,6 @@
 """fairseq checkpoints: loaded with torch's weights-only unpickler and an allowlist of what fairseq stores,
-whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says; exported with the model only."""
+whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says; exported with the model only, and holding only what torch's
+default loader accepts, so fairseq's own tools (fairseq-generate, RobertaModel.from_pretrained) open them."""
 import argparse
 import os
 import pickle
@@ -7,6 +8,7 @@ import re
 from pathlib import Path
 
 from lib.errors import DataError
+from lib.files import naming_disk_full
 
 
 def checkpoint_options(checkpoint: dict) -> tuple[dict, dict, str, str]:
@@ -77,6 +79,24 @@ def export_checkpoint(source: Path, dest: Path) -> int:
     state["last_optimizer_state"] = None
     for key in ("previous_training_time", "metrics"):
         state["extra_state"].pop(key, None)
+    state["cfg"] = plain_config(state["cfg"])
     dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, dest)
+    # through a Python file: a full disk raises OSError(ENOSPC), which names `dest` (lib.stage's one line);
+    # torch.save to a path raises a bare RuntimeError
+    with naming_disk_full(dest), open(dest, "wb") as f:
+        torch.save(state, f)
     return sum(t.numel() for t in state["model"].values())
+
+
+def plain_config(value):
+    """A fairseq config with only dicts, lists, numbers, strings and None, which torch's default (weights-only)
+    loader accepts: fairseq stores the model's options as an argparse Namespace (cfg["model"]), which that
+    loader refuses, so fairseq's own tools (they call torch.load as it is) could not open the checkpoint.
+    fairseq builds the model from the dict of its attributes as from the Namespace."""
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
+    if isinstance(value, dict):
+        return {key: plain_config(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_config(v) for v in value)
+    return value

@@ -1,4 +1,5 @@
 """Errors a user can act on, and logging."""
+import errno
 import sys
 import time
 
@@ -23,5 +24,12 @@ def log(message: str) -> None:
 def in_context_chain(error: BaseException, kind: type):
     """`error` or the first exception it was raised while handling, that is a `kind`."""
     while error is not None and not isinstance(error, kind):
+        error = error.__context__
+    return error
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The "no space left on device" error that `error` is or was raised while handling, if any."""
+    while error is not None and not (isinstance(error, OSError) and error.errno == errno.ENOSPC):
         error = error.__context__
     return error

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from lib.errors import log
+from lib.errors import disk_full, log
 
 
 def sha256sum(path: Path) -> str:
@@ -25,10 +25,7 @@ def atomic_dir(final: Path):
     interrupted stage never leaves a half-written output behind (a killed one leaves the scratch, which
     the next stage run removes: sweep_scratch)."""
     final = Path(final)
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with writing_scratch(tmp):
+    with fresh_scratch(final.with_name(f".{final.name}.tmp")) as tmp:
         try:
             yield tmp
         except BaseException:
@@ -36,6 +33,28 @@ def atomic_dir(final: Path):
             raise
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def scratch_dir(final: Path):
+    """A scratch directory beside `final` (.<name>.scratch.tmp), removed after the block: a stage's
+    intermediate files stay on the file system of its outputs, and a killed run's scratch is removed by
+    the next stage run (sweep_scratch), which the system's temp directory would keep."""
+    final = Path(final)
+    with fresh_scratch(final.with_name(f".{final.name}.scratch.tmp")) as tmp:
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fresh_scratch(path: Path):
+    """An empty directory at `path` (whatever was there is removed), locked for the block (writing_scratch)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    with writing_scratch(path):
+        yield path
 
 
 def partial_file(dest: Path) -> Path:
@@ -61,14 +80,28 @@ os.register_at_fork(after_in_child=_drop_scratch_locks_in_child)
 
 
 @contextlib.contextmanager
+def naming_disk_full(path: Path):
+    """For the block: a "no space left on device" error that names no file (a write() to an open file, a
+    worker process's) is given `path`, what the block writes, so that the stage's error can name it."""
+    try:
+        yield
+    except BaseException as e:
+        full = disk_full(e)
+        if full is not None and full.filename is None:
+            full.filename = str(path)
+        raise
+
+
+@contextlib.contextmanager
 def writing_scratch(path: Path):
     """Lock the scratch file or directory `path` for the block: sweep_scratch leaves it alone. The kernel
-    drops the lock when this process dies, kill -9 included."""
+    drops the lock when this process dies, kill -9 included. A full disk in the block names `path`."""
     fd = os.open(path, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     _scratch_locks.add(fd)
     try:
-        yield path
+        with naming_disk_full(path):
+            yield path
     finally:
         if fd in _scratch_locks:  # a forked child closed it already
             _scratch_locks.discard(fd)
@@ -103,6 +136,14 @@ def write_json(path: Path, obj) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def iter_lines(path: Path):
+    """The lines of a text file without their line ends, streamed."""
+    with open(path) as f:
+        for line in f:
+            yield line.rstrip("\n")
+
+
 def read_lines(path: Path) -> list[str]:
+    """Every line of a small file (evaluation's test sentences), without line ends."""
     with open(path) as f:
         return [line.rstrip("\n") for line in f]

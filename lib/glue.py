@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from lib.errors import DataError
-from lib.files import read_lines
+from lib.files import iter_lines
 
 
 def normalized_fields(pair: bool) -> list[str]:
@@ -64,9 +64,14 @@ def regression_target(label: str, label_range) -> float:
 
 
 def read_tsv(path: Path, meta: dict) -> list[dict]:
+    """Every row of a (dev) TSV normalized by fetch: iter_tsv's rows as a list."""
+    return list(iter_tsv(path, meta))
+
+
+def iter_tsv(path: Path, meta: dict):
     """The rows of a TSV normalized by fetch (no quoting: fields never hold tabs or newlines), checked as
-    fetch checked them; `meta`: the task's meta.json."""
+    fetch checked them, streamed; `meta`: the task's meta.json."""
     fields = normalized_fields(meta["pair"])
-    lines = ((path, number, line) for number, line in enumerate(read_lines(path), start=1))
-    return list(glue_rows(lines, {f: f for f in fields}, True, meta["labels"], meta["label_range"]))
+    lines = ((path, number, line) for number, line in enumerate(iter_lines(path), start=1))
+    return glue_rows(lines, {f: f for f in fields}, True, meta["labels"], meta["label_range"])
 

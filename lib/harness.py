@@ -13,7 +13,7 @@ from lib.checkpoints import UnsafeCheckpoint, checkpoint_updates, export_checkpo
 from lib.devices import cpu_autocast, distributed_master, distributed_rank, trained_on, trained_precision
 from lib.errors import StageError, in_context_chain, log
 from lib.fairseq_cli import run_fairseq
-from lib.files import write_json
+from lib.files import naming_disk_full, write_json
 
 
 WORK_DIR = Path("models/.work")   # resumable training state; not a DVC output (DVC deletes those)
@@ -119,7 +119,7 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
         return stats
 
     try:
-        with fairseq_hooks(train_step, get_valid_stats):
+        with fairseq_hooks(train_step, get_valid_stats), naming_disk_full(work):
             run_fairseq("train", [*args, "--save-dir", work])
     except FloatingPointError as e:
         done = rows[-1]["updates"] if rows else 0

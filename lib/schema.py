@@ -27,6 +27,7 @@ Cap = int | None  # a limit on examples; None (null) means all of them
 class PrepareMlm(Strict):
     vocab_size: int = Field(ge=100, le=256_000)
     model_type: Literal["unigram", "bpe"]
+    sentencepiece_sample: int = Field(ge=100)
     max_train_lines: Cap = Field(ge=1)
 
 
@@ -38,6 +39,7 @@ class PrepareGlue(Strict):
 class PrepareMt(Strict):
     vocab_size: int = Field(ge=100, le=256_000)
     model_type: Literal["unigram", "bpe"]
+    sentencepiece_sample: int = Field(ge=100)
     max_train_pairs: Cap = Field(ge=1)
 
 

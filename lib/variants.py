@@ -61,6 +61,22 @@ def headline_metrics(rows) -> dict:
     return headline
 
 
+# the formats reports/metrics.json reports, at sparsity 0, by the suffix of their metric's key
+HEADLINE_FORMATS = {FAIRSEQ_FP32: "fp32", ONNX_FP32: "onnx_fp32", ONNX_INT8: "onnx_int8", ONNX_INT4: "onnx_int4"}
+
+
+def headline_rows(rows):
+    """(task, size, format key, row) for each row behind reports/metrics.json: the task's headline metric on
+    its headline split, of the dense fp32 model and the sparsity-0 ONNX models (HEADLINE_FORMATS); size is
+    <size>-random for the random-initialisation control. tabulate writes them, check reads their intervals."""
+    headline_of = headline_metrics(rows)
+    for r in rows:
+        key = HEADLINE_FORMATS.get(r["format"])
+        if key and r["metric"] == headline_of[r["task"]] and r["split"] in HEADLINE_SPLITS \
+                and not float(r["target_sparsity"]):
+            yield r["task"], r["size"] + ("-random" if r.get("init") == "random" else ""), key, r
+
+
 def model_arg(argv, params, stage: str):
     """The model a per-model stage (compress, evaluate) works on: `glue SIZE TASK [--random-init]` or
     `mt SIZE`. Returns its name (model_name), size name, task ("translation" for mt), size

@@ -4,14 +4,19 @@
 Each metric is judged by the rule that fits what it measures and where it was measured:
 - scores (accuracy, BLEU, ...) and sizes (zipped bytes): **exact** when the run repeats bit for bit, that
   is every training budget counts updates (profiles/ci.yaml) and the hardware (CPU model and flags, thread
-  counts) is the baseline's; any change is then the code's doing. Otherwise, within `check.tolerance`:
-  a score may fall by that many points, a size grow by that fraction. Wall-clock budgets train as far as
-  the machine's speed allows, and other CPUs run other kernels, so such runs differ without any change.
+  counts) is the baseline's; any change is then the code's doing.
+- scores where either run trained under wall-clock budgets (the default profile): such a budget trains as
+  far as the machine's speed allows, so two runs of the same code differ by about as much as the score's
+  95% confidence interval (evaluation's bootstrap, in reports/variants.csv). A score regressed only when its
+  interval lies wholly below the baseline's. A baseline that recorded no intervals (made before they were)
+  is given the current run's interval, moved to the baseline's value.
+- otherwise (a deterministic run on other hardware, whose CPUs run other kernels; a size; a score without
+  an interval), within `check.tolerance`: a score may fall by that many points, a size grow by that fraction.
 - timings (latency): only on the baseline's hardware, where they may grow by their tolerance (a
   fraction); on other hardware they are reported as not comparable, neither passed nor failed.
 A metric in the baseline that is missing now is a regression; a new one is reported, not judged.
-The baseline records the hardware and whether its run was deterministic; the run's hardware is read
-from reports/variants.csv (evaluation records it in every row).
+The baseline records the hardware, whether its run was deterministic and the scores' intervals; the run's
+hardware and intervals are read from reports/variants.csv (evaluation records them in every row).
 
 Usage: python -m stages.check [--md]     compare (--md: a markdown table, e.g. for a pull-request comment)
        python -m stages.check --update   make the current metrics the baseline
@@ -25,6 +30,7 @@ from lib.errors import StageError
 from lib.files import write_json
 from lib.params import load_params
 from lib.stage import run_stage
+from lib.variants import headline_rows
 
 METRICS = Path("reports/metrics.json")
 VARIANTS = Path("reports/variants.csv")
@@ -41,10 +47,12 @@ def main(argv):
     baseline_path = Path(params.check.baseline)
     if not METRICS.exists():
         raise StageError(f"{METRICS}: missing (run `dvc repro` first)")
-    run = {"hardware": run_hardware(), "deterministic": deterministic(params), "metrics": read(METRICS)}
+    run = {"hardware": run_hardware(), "deterministic": deterministic(params), "metrics": read(METRICS),
+           "intervals": run_intervals()}
     if argv == ["--update"]:
         write_json(baseline_path, run)
-        print(f"{baseline_path} now holds the metrics of {METRICS} and the hardware they were measured on; commit it")
+        print(f"{baseline_path} now holds the metrics of {METRICS}, their intervals and the hardware they were "
+              "measured on; commit it")
         return
     if not baseline_path.exists():
         raise StageError(f"{baseline_path}: no baseline (create one with `python -m stages.check --update`)")
@@ -61,21 +69,29 @@ def main(argv):
 def compare(baseline: dict, run: dict, tolerances: dict) -> tuple[list, int]:
     """[(metric, baseline, current, rule, status)] for every metric of either, and how many failed."""
     same_hardware = baseline.get("hardware") is not None and baseline["hardware"] == run["hardware"]
-    exact = same_hardware and baseline.get("deterministic") and run["deterministic"]
+    both_deterministic = bool(baseline.get("deterministic") and run["deterministic"])
+    exact = same_hardware and both_deterministic
     old_metrics, new_metrics = flatten(baseline["metrics"]), flatten(run["metrics"])
+    old_intervals, new_intervals = baseline.get("intervals") or {}, run.get("intervals") or {}
     rows, failed = [], 0
     for key in sorted(old_metrics.keys() | new_metrics.keys()):
         name = key.rsplit("/", 1)[-1]
         tolerance = next((t for prefix, t in tolerances.items() if name.startswith(prefix)), None)
         old, new = old_metrics.get(key), new_metrics.get(key)
-        rule, status = judge(name, old, new, tolerance, exact, same_hardware)
+        intervals = None
+        if not both_deterministic and old is not None and key in new_intervals:
+            intervals = (old_intervals.get(key) or moved(new_intervals[key], new, old)), new_intervals[key]
+        rule, status = judge(name, old, new, tolerance, exact, same_hardware, intervals)
+        if intervals and key not in old_intervals:
+            rule += " (baseline: current width)"
         failed += status.startswith(FAILING)
-        rows.append((key, fmt(old), fmt(new), rule, status))
+        rows.append((key, fmt(old, intervals and intervals[0]), fmt(new, intervals and intervals[1]), rule, status))
     return rows, failed
 
 
-def judge(name: str, old, new, tolerance, exact: bool, same_hardware: bool) -> tuple[str, str]:
-    """(the rule applied, its verdict); a verdict that starts with one of FAILING fails the check."""
+def judge(name: str, old, new, tolerance, exact: bool, same_hardware: bool, intervals=None) -> tuple[str, str]:
+    """(the rule applied, its verdict); a verdict that starts with one of FAILING fails the check.
+    intervals: the baseline's and the run's confidence interval of a score from wall-clock budgets."""
     if new is None:
         return "present", "REGRESSED (missing)"
     if old is None:
@@ -88,6 +104,9 @@ def judge(name: str, old, new, tolerance, exact: bool, same_hardware: bool) -> t
         return f"at most +{tolerance:.0%}", "REGRESSED" if new > old * (1 + tolerance) else "ok"
     if exact:
         return "exact", "ok" if new == old else "CHANGED"
+    if intervals:
+        (old_low, _), (_, new_high) = intervals
+        return "interval not wholly below", "REGRESSED" if new_high < old_low else "ok"
     if tolerance is None:
         return "no tolerance", "not checked"
     if name.startswith(SIZES):
@@ -100,6 +119,23 @@ def deterministic(params) -> bool:
     thread count is fixed (torch's default follows the machine's cores)."""
     budgets = [params.pretrain.recipe.budget, params.finetune.recipe.budget, params.train_mt.recipe.budget, params.compress.recovery]
     return all(b.seconds is None for b in budgets) and params.training.threads is not None
+
+
+def run_intervals() -> dict:
+    """{metric key: [low, high]}: the confidence interval of each score of reports/metrics.json, from the
+    rows of reports/variants.csv that tabulate took it from."""
+    if not VARIANTS.exists():
+        return {}
+    with open(VARIANTS) as f:
+        rows = list(csv.DictReader(f))
+    return {f"{task}/{size}/{r['metric']}_{key}": [float(r["ci_low"]), float(r["ci_high"])]
+            for task, size, key, r in headline_rows(rows) if r["ci_low"] and r["ci_high"]}
+
+
+def moved(interval: list, value: float, to: float) -> list:
+    """`interval` of `value`, shifted to `to`: the interval an old baseline did not record, taken as wide as
+    the current run's (the same test set and model size)."""
+    return [bound + to - value for bound in interval]
 
 
 def run_hardware() -> dict | None:
@@ -137,10 +173,11 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def fmt(value) -> str:
+def fmt(value, interval=None) -> str:
     if value is None:
         return "-"
-    return str(int(value)) if value.is_integer() else f"{value:.6g}"  # sizes in full: they compare exactly
+    shown = str(int(value)) if value.is_integer() else f"{value:.6g}"  # sizes in full: they compare exactly
+    return f"{shown} [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else shown
 
 
 def text_table(rows) -> str:

@@ -25,7 +25,6 @@ import io
 import json
 import re
 import shutil
-import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 
 from lib.checkpoints import export_checkpoint, load_checkpoint
 from lib.errors import StageError, log
-from lib.files import atomic_dir, read_lines, sha256sum, write_json
+from lib.files import atomic_dir, read_lines, scratch_dir, sha256sum, write_json
 from lib.glue import read_tsv
 from lib.glue_task import GLUE_DATA, class_labels, glue_meta
 from lib.harness import WORK_DIR, run_fingerprint, train_with_budget
@@ -104,7 +103,8 @@ def main(argv):
                     stored = {k: q for k, (q, _) in quantized.items()}
                     # rounding sends more small weights to zero
                     nonzero = total - zeros_outside - sum(z for _, z in quantized.values())
-                torch.save(stored, variant / WEIGHTS_FILE)
+                with open(variant / WEIGHTS_FILE, "wb") as f:  # a full disk: OSError(ENOSPC), not a bare RuntimeError
+                    torch.save(stored, f)
                 matrix_bytes = sum(w.numel() * bits // 8 for w in pruned.values())
                 pending.append((variant / VARIANT_FILE, {
                     **common, "variant": variant.name, "bits": bits, "nonzero_parameters": nonzero,
@@ -137,7 +137,8 @@ def recover(params, name: str, size_name: str, task: str, pruned_checkpoint: dic
     work = WORK_DIR / "compress" / name
     work.mkdir(parents=True, exist_ok=True)
     init = work / "init.tmp"
-    torch.save(pruned_checkpoint, init)
+    with open(init, "wb") as f:  # through a Python file: a full disk raises OSError(ENOSPC)
+        torch.save(pruned_checkpoint, f)
     # named by content: a changed source model or sparsity never resumes a stale run
     init = init.rename(work / f"init-{sparsity_tag(sparsity)}-{sha256sum(init)[:16]}.pt")
     if task == "translation":
@@ -242,7 +243,7 @@ def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common:
     paths, records and zip-size futures (on `zipper`)."""
     cfg = params.compress
     dirs = {suffix: out / variant_name(sparsity, bits, suffix) for suffix, bits, _ in ONNX_FORMATS}
-    with tempfile.TemporaryDirectory() as hf_dir:
+    with scratch_dir(out / "hf") as hf_dir:  # inside the output's scratch: swept with it after a kill
         if task == "translation":
             from lib.hf_m2m100 import export_onnx_translator, save_transformers_translator
             save_transformers_translator(checkpoint, Path(hf_dir))

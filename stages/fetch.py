@@ -1,7 +1,8 @@
 """fetch: bring one dataset of params.yaml's catalog into data/raw/<dataset>/, checksummed and normalized.
 
 Each file comes from $DATA_MIRROR/<dataset>/<file> when that exists (the layout of ../shared/data),
-else from its canonical URL (kept in data/downloads/ so a re-run does not download again).
+else from its canonical URL (kept in data/downloads/ so a re-run does not download again); a file:// URL,
+the user's own file, is read where it is.
 
 Normalized layout, whatever the source:
   corpus    train.txt valid.txt test.txt        one line of text per line
@@ -11,20 +12,18 @@ plus meta.json (kind, labels, row counts, file checksums).
 
 Usage: python -m stages.fetch DATASET
 """
-import gzip
 import http.client
 import itertools
 import os
-import re
-import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
-import zipfile
 from pathlib import Path
 
-from lib.errors import DataError, StageError, log
+from lib.errors import DataError, StageError, disk_full, log
 from lib.files import atomic_dir, file_digest, partial_file, write_json, writing_scratch
 from lib.glue import glue_rows, normalized_fields
+from lib.sources import member_name, read_source
 from lib.params import dataset_arg, load_params
 from lib.stage import run_stage
 
@@ -59,6 +58,12 @@ def obtain(dataset, fname, fspec) -> Path:
             log(f"{dataset}/{fname}: from mirror {path}")
             return path
         log(f"{dataset}/{fname}: not in DATA_MIRROR={mirror}; downloading")
+    for url in fspec.urls:  # the user's own file (file://): checked and read where it is, so errors name it
+        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        if urllib.parse.urlparse(url).scheme == "file" and path.is_file():
+            verify(path, fspec, f"{path} ({url})")
+            log(f"{dataset}/{fname}: from {path}")
+            return path
     cached = DOWNLOAD_DIR / dataset / fname
     if cached.is_file():
         try:
@@ -68,13 +73,32 @@ def obtain(dataset, fname, fspec) -> Path:
         except DataError:
             log(f"{cached}: checksum mismatch, downloading again")
             cached.unlink()
-    download(dataset, fname, fspec.url, cached)
-    try:
-        verify(cached, fspec, f"{cached}, downloaded from {fspec.url}")
-    except DataError:
-        cached.unlink()  # never keep bytes that failed the check
-        raise
-    return cached
+    failures = []
+    for i, url in enumerate(fspec.urls):  # mirrors of the same bytes, in the catalog's order
+        try:
+            download(dataset, fname, url, cached)
+            verify(cached, fspec, f"{cached}, downloaded from {url}")
+            return cached
+        except DownloadError as e:
+            failures.append((url, str(e)))
+        except DataError as e:
+            cached.unlink()  # never keep bytes that failed the check
+            if len(fspec.urls) == 1:
+                raise
+            failures.append((url, str(e)))
+        if i + 1 < len(fspec.urls):
+            log(f"{dataset}/{fname}: {url} failed ({failures[-1][1]}); trying {fspec.urls[i + 1]}")
+    hint = (f"  Without network access, point DATA_MIRROR at a directory that holds {dataset}/{fname} "
+            f"(the layout of ../shared/data), e.g. `DATA_MIRROR=../shared/data dvc repro`.")
+    if len(failures) == 1:
+        (url, reason), = failures
+        raise StageError(f"cannot fetch dataset '{dataset}' file '{fname}' from {url}: {reason}.\n{hint}")
+    raise StageError(f"cannot fetch dataset '{dataset}' file '{fname}' from any of its {len(failures)} URLs:\n"
+                     + "".join(f"  {url}: {reason}\n" for url, reason in failures) + hint)
+
+
+class DownloadError(Exception):
+    """A URL that gave no file: the reason, for obtain's message."""
 
 
 def verify(path: Path, fspec, what: str) -> None:
@@ -82,12 +106,12 @@ def verify(path: Path, fspec, what: str) -> None:
     actual = file_digest(path, algorithm)
     if actual != expected:
         raise DataError(path, f"{algorithm} mismatch for {what}: expected {expected}, got {actual}. "
-                              "The file is corrupt or not the one params.yaml records.")
+                              "The file is corrupt or not the one datasets.yaml records.")
 
 
 def download(dataset, fname, url, dest: Path) -> None:
-    """Stream `url` to `dest`; a failed download leaves no file behind, a killed one its .part, which the
-    next stage run removes (lib.sweep_scratch)."""
+    """Stream `url` to `dest`; a failed download leaves no file behind (DownloadError), a killed one its
+    .part, which the next stage run removes (lib.sweep_scratch)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = partial_file(dest)
     done = total = 0
@@ -105,97 +129,14 @@ def download(dataset, fname, url, dest: Path) -> None:
                 raise http.client.IncompleteRead(b"", total - done)
         os.replace(part, dest)
     except (OSError, http.client.HTTPException) as e:
+        if disk_full(e):  # not the URL's fault: the stage stops saying so (lib.stage.run_stage)
+            raise
         reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
         if isinstance(e, http.client.IncompleteRead):
             reason = f"download interrupted after {done} of {total} bytes"
-        raise StageError(
-            f"cannot fetch dataset '{dataset}' file '{fname}' from {url}: {reason}.\n"
-            f"  Without network access, point DATA_MIRROR at a directory that holds {dataset}/{fname} "
-            f"(the layout of ../shared/data), e.g. `DATA_MIRROR=../shared/data dvc repro`.")
+        raise DownloadError(reason)
     finally:
         part.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------- reading sources
-
-def read_source(source, paths, lang=None):
-    """Yield (where, line_number, text) for each line of one split source."""
-    fname = source.file.format(lang=lang) if lang else source.file
-    path = paths[fname]
-    member = member_name(source, lang)
-    where = f"{path}:{member}" if member else str(path)
-    stream = open_member(path, member) if member else open(path, "rb")
-    name = member or fname
-    if name.endswith(".gz"):
-        stream = gzip.open(stream)
-    try:
-        lines = utf8_lines(stream, where)
-        if source.cleanup == "fastai_csv":
-            lines = undo_fastai_csv(lines)
-        numbered = enumerate(lines, start=1)
-        if name.endswith(".sgm"):
-            numbered = sgm_segments(numbered)
-        for number, line in numbered:
-            yield where, number, line
-    except (OSError, EOFError) as e:  # truncated gzip and the like
-        raise DataError(where, f"cannot read: {e}")
-    finally:
-        stream.close()
-
-
-def utf8_lines(stream, where):
-    """The lines of a binary stream as text, without line ends. Each line is decoded on its own so that a
-    byte that is not UTF-8 is reported by line and column (a decoder over the whole stream knows only its
-    offset in a chunk)."""
-    for number, raw in enumerate(stream, start=1):
-        try:  # -sig: MRPC starts with a byte-order mark
-            yield raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
-        except UnicodeDecodeError as e:
-            column = len(raw[:e.start].decode("utf-8", errors="replace")) + 1
-            raise DataError(where, f"not UTF-8 text: byte {raw[e.start]:#04x} at column {column} ({e.reason})",
-                            number)
-
-
-def member_name(source, lang):
-    if isinstance(source.member, dict):
-        return source.member[lang]
-    return source.member.format(lang=lang) if (lang and source.member) else source.member
-
-
-def open_member(path: Path, member: str):
-    if zipfile.is_zipfile(path):
-        archive = zipfile.ZipFile(path)
-        names = archive.namelist()
-        if member in names:
-            return archive.open(member)
-    else:
-        archive = tarfile.open(path)
-        names = archive.getnames()
-        if member in names:
-            return archive.extractfile(member)
-    raise DataError(path, f"archive has no member '{member}'; it has {names[:10]}{' ...' if len(names) > 10 else ''}")
-
-
-def undo_fastai_csv(lines):
-    """WikiText-2 as re-exported by fastai: drop article wrappers `"`, strip one leading quote,
-    unescape doubled quotes. Restores the official text (see ../shared/data/SOURCES.md)."""
-    for line in lines:
-        if line in ('"', '" '):
-            continue
-        if line.startswith('"'):
-            line = line[1:]
-        yield line.replace('""', '"')
-
-
-SEG = re.compile(r"<seg[^>]*>(.*)</seg>")
-
-
-def sgm_segments(numbered):
-    """WMT test sets in SGML: keep the text of <seg> lines, as sacrebleu does."""
-    for number, line in numbered:
-        match = SEG.search(line)
-        if match:
-            yield number, match.group(1).strip()
 
 
 # ---------------------------------------------------------------- writers, one per kind

@@ -16,8 +16,7 @@ from lib.errors import StageError, log
 from lib.files import write_json
 from lib.params import load_params
 from lib.stage import run_stage
-from lib.variants import (EVAL_FIELDS, FAIRSEQ_FP32, HEADLINE_SPLITS, ONNX_FP32, ONNX_INT4, ONNX_INT8, headline_metrics,
-                          model_name)
+from lib.variants import EVAL_FIELDS, headline_rows, model_name
 
 EVAL_DIR = Path("reports/eval")
 CURVES = Path("reports/curves")
@@ -48,19 +47,13 @@ def main(argv):
 def headline(rows: list[dict]) -> dict:
     """{task: {size: {...}}}: the task's metric for the dense fp32 model and the sparsity-0 ONNX fp32, int8
     and int4 models, with the ONNX models' latency and zipped bytes."""
-    metrics, headline_of = {}, headline_metrics(rows)
-    for r in rows:
-        metric = headline_of[r["task"]]
-        if r["metric"] != metric or r["split"] not in HEADLINE_SPLITS or float(r["target_sparsity"]):
-            continue
-        size = r["size"] + ("-random" if r.get("init") == "random" else "")
-        entry = metrics.setdefault(r["task"], {}).setdefault(size, {})
-        key = {FAIRSEQ_FP32: "fp32", ONNX_FP32: "onnx_fp32", ONNX_INT8: "onnx_int8", ONNX_INT4: "onnx_int4"}.get(r["format"])
-        if key:
-            entry[f"{metric}_{key}"] = float(r["value"])
-            if key != "fp32":
-                entry[f"latency_ms_{key}"] = float(r["latency_ms"])
-                entry[f"bytes_zip_{key}"] = int(r["bytes_zip"])
+    metrics = {}
+    for task, size, key, r in headline_rows(rows):
+        entry = metrics.setdefault(task, {}).setdefault(size, {})
+        entry[f"{r['metric']}_{key}"] = float(r["value"])
+        if key != "fp32":
+            entry[f"latency_ms_{key}"] = float(r["latency_ms"])
+            entry[f"bytes_zip_{key}"] = int(r["bytes_zip"])
     return metrics
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import zipfile
 from pathlib import Path
@@ -613,3 +614,56 @@ def test_real_wikitext2(real_project):
     assert '""' not in text
     for split in ("valid", "test"):
         assert (RAW / "wikitext2" / f"{split}.txt").stat().st_size > 0
+
+
+def test_several_urls_tried_in_order_one_checksum(offline, www, file_server):
+    """A file's URLs are mirrors of the same bytes: a missing one and one serving other bytes are passed
+    over, in the catalog's order, and each download is checked against the one sha256."""
+    data = mnli_zip(www / "MNLI.zip")
+    (www / "other.zip").write_bytes(b"not the recorded file")
+    urls = [f"{file_server.base}/gone/MNLI.zip", f"{file_server.base}/other.zip", f"{file_server.base}/MNLI.zip"]
+    add_mnli(offline, urls, hashlib.sha256(data).hexdigest())
+    fetch.main(["mnli"])
+    assert file_server.hits == ["/gone/MNLI.zip", "/other.zip", "/MNLI.zip"]
+    assert (DOWNLOADS / "mnli" / "MNLI.zip").read_bytes() == data
+    assert json.loads((RAW / "mnli" / "meta.json").read_text())["rows"]["train"] == 3
+
+    add_mnli(offline, urls[:2], hashlib.sha256(data).hexdigest())  # every URL fails: each named, with its reason
+    shutil.rmtree(DOWNLOADS / "mnli")
+    with pytest.raises(StageError) as e:
+        fetch.main(["mnli"])
+    msg = str(e.value)
+    assert "cannot fetch dataset 'mnli' file 'MNLI.zip' from any of its 2 URLs" in msg
+    assert f"{urls[0]}: HTTP 404" in msg and f"{urls[1]}: " in msg and "sha256 mismatch" in msg
+    assert list((DOWNLOADS / "mnli").iterdir()) == []
+
+
+def test_catalog_refuses_an_empty_url_list(offline):
+    add_mnli(offline, [], "ab" * 32)
+    with pytest.raises(StageError, match="datasets.mnli.files.MNLI.zip.url"):
+        fetch.main(["mnli"])
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "directory"])
+def test_archive_member_that_is_not_a_regular_file(tiny_project, kind):
+    """A tar whose named member is a link (here to /etc/passwd) or a directory: refused by name, nothing read."""
+    archive = tiny_project.parent / "mirror" / "mnli" / "MNLI.tgz"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("MNLI/train.tsv")
+        info.type = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "directory": tarfile.DIRTYPE}[kind]
+        info.linkname = "/etc/passwd" if kind != "directory" else ""
+        tar.addfile(info)
+    real = yaml.safe_load((REPO / "datasets.yaml").read_text())["datasets"]["mnli"]
+    entry = json.loads(json.dumps(real))
+    entry["files"] = {"MNLI.tgz": {"url": f"{UNREACHABLE}/MNLI.tgz", "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}}
+    entry["splits"] = {s: [{"file": "MNLI.tgz", "member": "MNLI/train.tsv"}] for s in ("train", "dev_matched")}
+    set_params(tiny_project, lambda p: p["datasets"].update(mnli=entry))
+    with pytest.raises(DataError) as e:
+        fetch.main(["mnli"])
+    msg = str(e.value)
+    expected = {"symlink": "a symbolic link to '/etc/passwd'", "hardlink": "a hard link to '/etc/passwd'",
+                "directory": "a directory"}[kind]
+    assert msg == (f"{archive}: archive member 'MNLI/train.tsv' is {expected}, not a regular file; "
+                   "the catalog's member must name the file itself")
+    assert not (RAW / "mnli").exists()

@@ -63,7 +63,8 @@ def every_task(tmp_path_factory):
         ran = repro_in_process()
     assert {f"{stage}@T1-{task}" for stage in ("finetune", "compress_glue", "evaluate_glue")
             for task in [*MIRRORED, *OWN]} | {"tabulate", "report"} <= ran
-    assert (root / "project/data/downloads/reviews/train.tsv").is_file()  # fetched through its file:// URL
+    assert not (root / "project/data/downloads/reviews").exists()  # its file:// URLs read where they are
+    assert (root / "project/data/raw/reviews/train.tsv").is_file()
     return root / "project"
 
 

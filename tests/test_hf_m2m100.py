@@ -241,7 +241,7 @@ def test_other_checkpoints_are_refused(in_trained_project, tmp_path):
             save_transformers_translator(load_checkpoint(Path(path)), tmp_path / "x")
     checkpoint = load_checkpoint(Path("models/mt/T1/checkpoint.pt"))
     post_norm = copy.deepcopy(checkpoint)
-    post_norm["cfg"]["model"].decoder_normalize_before = False
+    post_norm["cfg"]["model"]["decoder_normalize_before"] = False
     with pytest.raises(StageError, match="decoder_normalize_before"):
         save_transformers_translator(post_norm, tmp_path / "x")
     learned = copy.deepcopy(checkpoint)

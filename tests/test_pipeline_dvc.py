@@ -159,3 +159,40 @@ def test_without_the_projects_venv_the_first_stage_fails_saying_how_to_fix_it(dv
     assert f"error: {tmp_path / 'other-python' / 'python'} lacks " in result.stderr, result.stderr
     assert "sentencepiece" in result.stderr
     assert "make" in result.stderr and "source .venv/bin/activate" in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def fetched(tmp_path_factory):
+    """A tiny git + DVC project after `dvc repro fetch_glue@sst2` only (seconds: no torch)."""
+    root = tmp_path_factory.mktemp("fetched")
+    build_dvc_project(root, stages=["fetch_glue@sst2"])
+    return root
+
+
+def test_a_stage_refused_under_dvc_repro_says_how_to_get_its_last_outputs_back(fetched, tmp_path, monkeypatch):
+    enter_copy(fetched, tmp_path, monkeypatch)
+    before = {p.name: sha256(p) for p in Path("data/raw/sst2").iterdir()}
+    dev = Path(os.environ["DATA_MIRROR"]) / "sst2" / "dev.tsv"
+    lines = dev.read_text().splitlines()
+    lines[3] = lines[3].rsplit("\t", 1)[0] + "\tmaybe"
+    dev.write_text("\n".join(lines) + "\n")
+    set_params(Path.cwd(), lambda p: p["datasets"]["sst2"]["files"]["dev.tsv"].update(sha256=sha256(dev)))
+    result, _ = repro("fetch_glue@sst2", check=False)
+    assert result.returncode != 0
+    assert f"{dev}:4: label 'maybe' is not one of the task's labels" in result.stderr
+    assert not Path("data/raw/sst2").exists()  # DVC removes a stage's outputs before running it
+    assert ("DVC removed this stage's earlier outputs before running it; `dvc checkout fetch_glue@sst2` brings "
+            "back the last good ones") in result.stderr, result.stderr
+    run("dvc", "checkout", "fetch_glue@sst2")
+    assert {p.name: sha256(p) for p in Path("data/raw/sst2").iterdir()} == before
+
+
+def test_a_failed_dvc_exp_run_says_how_to_get_params_yaml_back(fetched, tmp_path, monkeypatch):
+    enter_copy(fetched, tmp_path, monkeypatch)
+    result = run("dvc", "exp", "run", "-S", "pretrain.sizes=[L2-H256,L9-H999]", "fetch_glue@sst2", check=False)
+    assert result.returncode != 0
+    assert "pretrain.sizes.1: 'L9-H999' is not a size in models" in result.stderr, result.stderr
+    assert "`git checkout params.yaml` brings back the committed ones" in result.stderr, result.stderr
+    assert run("git", "status", "--porcelain", "params.yaml").stdout.strip() == "M params.yaml"
+    run("git", "checkout", "params.yaml")
+    assert run("git", "status", "--porcelain", "params.yaml").stdout == ""

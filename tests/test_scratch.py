@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 from conftest import kill_once_exists
-from stages import fetch
+from stages import fetch, prepare_mlm
 
 
-def python(*args, **kwargs):
-    env = dict(os.environ, PYTHONPATH=str(Path.cwd()))
+def python(*args, env=(), **kwargs):
+    env = dict(os.environ, PYTHONPATH=str(Path.cwd()), **dict(env))
     return subprocess.Popen([sys.executable, *args], env=env, text=True, **kwargs)
 
 
@@ -37,3 +37,24 @@ def test_a_killed_stages_scratch_is_removed_by_the_next_stage_run_and_a_live_one
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_killed_prepare_leaves_its_scratch_beside_its_output_not_in_the_system_temp(tiny_project, tmp_path):
+    """prepare_glue's label files for fairseq-preprocess go to data/bin/glue/.sst2.scratch.tmp/, which the next
+    stage run sweeps: a kill -9 there leaves nothing in the system's temp directory, where nothing would
+    remove it."""
+    for name in ("wikitext2", "sst2"):
+        fetch.main([name])
+    prepare_mlm.main([])
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    scratch = Path("data/bin/glue/.sst2.scratch.tmp")
+    stage = python("-m", "stages.prepare_glue", "sst2", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   env={"TMPDIR": str(system_tmp)})
+    kill_once_exists(stage, scratch / "dev.label", timeout=120)  # then fairseq-preprocess binarizes the labels
+    assert list(system_tmp.iterdir()) == []
+    other = python("-m", "stages.fetch", "sst2", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, log = other.communicate(timeout=120)
+    assert other.returncode == 0, log
+    assert f"removing {scratch}, left by an interrupted run" in log
+    assert not scratch.exists() and not Path("data/bin/glue/.sst2.tmp").exists()

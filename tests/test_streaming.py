@@ -1,0 +1,130 @@
+"""The prepare stages stream: memory flat in the corpus size, the same seeded sample and caps whatever the
+chunk size, and the data rehearsal (bench/rehearsal.py) runs the paper profile's data stages end to end."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import synthetic
+from bench.rehearsal import measure
+from conftest import REPO, set_params
+from lib import binarize, text
+from stages import fetch, prepare_mlm, prepare_mt
+
+
+def write_corpus(project: Path, lines: int, seed=0) -> None:
+    """data/raw/wikitext2/{train,valid,test}.txt of synthetic text (`lines` train lines of ~60 words)."""
+    lang = synthetic.Language(seed, 20_000, "aeiou")
+    rng = np.random.default_rng(seed)
+    raw = project / "data" / "raw" / "wikitext2"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", lines), ("valid", 500), ("test", 500)):
+        with open(raw / f"{split}.txt", "wb") as f:
+            for chunk in lang.lines(rng, n, 60):
+                f.write(chunk)
+
+
+def outputs(directory: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_kept_indices_and_capped():
+    keep = text.kept_indices(1000, 10)
+    assert len(keep) == 10 == len(set(keep.tolist())) and list(keep) == sorted(keep)
+    assert list(text.capped(iter(range(1000)), keep)) == keep.tolist()
+    assert np.array_equal(keep, text.kept_indices(1000, 10))  # seeded
+    assert text.kept_indices(10, 10) is None and text.kept_indices(10, None) is None
+    assert list(text.capped(iter("abc"), None)) == ["a", "b", "c"]
+
+
+def test_prepare_mlm_memory_does_not_grow_with_the_corpus(tiny_project):
+    """Peak RSS of prepare_mlm (the stage and fairseq-preprocess's workers, in a child process) on a corpus
+    and on one 8 times larger: within 20%. Both exceed sentencepiece's sample, which is what it holds."""
+    set_params(tiny_project, lambda p: p["prepare_mlm"].update(sentencepiece_sample=5_000))
+    peaks = {}
+    for factor in (1, 8):
+        write_corpus(tiny_project, 20_000 * factor)
+        result = measure([sys.executable, "-m", "stages.prepare_mlm"], tiny_project,
+                         {**__import__("os").environ, "PYTHONPATH": str(tiny_project)},
+                         tiny_project / f"prepare-{factor}.log", interval=0.05)
+        assert result["rc"] == 0, Path(result["log"]).read_text()[-2000:]
+        caps = json.loads((tiny_project / "data/bin/mlm/caps.json").read_text())
+        assert caps["lines"]["train"] == 20_000 * factor
+        peaks[factor] = result
+    for key in ("peak_rss_mb", "peak_process_rss_mb"):
+        assert peaks[8][key] <= 1.2 * peaks[1][key], (key, peaks[1][key], peaks[8][key])
+
+
+def test_sample_and_caps_are_the_same_on_every_run_and_chunk_size(tiny_project, monkeypatch):
+    """A capped corpus larger than sentencepiece's sample: two runs, the second with another encoding
+    chunk, give byte-identical outputs (sentencepiece model, binarized data, caps)."""
+    write_corpus(tiny_project, 3_000)
+    set_params(tiny_project, lambda p: p["prepare_mlm"].update(sentencepiece_sample=500, max_train_lines=1_200))
+    runs = []
+    for chunk in (20_000, 77):
+        monkeypatch.setattr(binarize, "ENCODE_CHUNK", chunk)
+        prepare_mlm.main([])
+        runs.append(outputs(Path("data/bin/mlm")))
+    assert runs[0] == runs[1]
+    caps = json.loads(runs[0]["caps.json"])
+    assert caps["lines"]["train"] == 1_200 and caps["train_lines_available"] == 3_000
+
+
+def test_binarized_as_fairseq_preprocess_would(tiny_project, tmp_path):
+    """lib/binarize.py writes what fairseq-preprocess writes from the same pieces, byte for byte: every
+    .bin, .idx and dictionary of a prepared translation pair."""
+    import sentencepiece as spm
+    from lib.fairseq_cli import fairseq_preprocess
+    from lib.params import load_params
+    fetch.main(["multi30k"])
+    prepare_mt.main([])
+    tr, out = load_params().data.translation, Path("data/bin/mt")
+    sp = spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
+    raw = Path("data/raw") / tr.dataset
+    for split in ("train", "valid", "test"):
+        for lang in (tr.source, tr.target):
+            lines = (raw / f"{split}.{lang}").read_text().splitlines()
+            (tmp_path / f"{split}.{lang}").write_text("".join(" ".join(p) + "\n" for p in sp.encode(lines, out_type=str)))
+    fairseq_preprocess(tmp_path / "ref", ["--source-lang", tr.source, "--target-lang", tr.target, "--joined-dictionary",
+                                          "--srcdict", out / f"dict.{tr.source}.txt", "--trainpref", tmp_path / "train",
+                                          "--validpref", tmp_path / "valid", "--testpref", tmp_path / "test"])
+    reference = outputs(tmp_path / "ref")
+    assert len(reference) == 2 + 3 * 2 * 2  # two dictionaries, .bin and .idx of 3 splits x 2 sides
+    assert {name: data for name, data in outputs(out).items() if name in reference} == reference
+
+
+def test_prepare_mt_names_the_short_file(tiny_project):
+    fetch.main(["multi30k"])
+    valid = Path("data/raw/multi30k/valid.fr")
+    valid.write_text("".join(valid.read_text().splitlines(keepends=True)[:-3]))
+    from lib.errors import DataError
+    with pytest.raises(DataError, match=r"valid.fr:\d+: ends at line \d+, before valid.en"):
+        prepare_mt.main([])
+    assert not Path("data/bin/mt").exists()
+
+
+def test_rehearsal_runs_every_paper_data_stage(tmp_path):
+    """`python -m bench.rehearsal data` at a tiny scale: the synthetic WikiText-103, MNLI and WMT'14 archives
+    through the paper profile's fetch and prepare stages, each measured."""
+    out = tmp_path / "reports" / "rehearsal-data.json"
+    result = subprocess.run([sys.executable, "-m", "bench.rehearsal", "data", "--scale", "0.0005",
+                             "--root", str(tmp_path / "root"), "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    stages = {(e["dataset"], s["stage"]): s for e in report["entries"] for s in e["stages"]}
+    assert set(stages) == {("wikitext103", "fetch wikitext103"), ("wikitext103", "prepare_mlm"),
+                           ("mnli", "fetch mnli"), ("mnli", "prepare_glue mnli"),
+                           ("wmt14_en_fr", "fetch wmt14_en_fr"), ("wmt14_en_fr", "prepare_mt")}
+    for s in stages.values():
+        assert s["rc"] == 0 and s["wall_s"] > 0 and s["peak_rss_mb"] > 0 and s["output_bytes"] > 0 and s["steps"]
+    assert set(stages["wmt14_en_fr", "prepare_mt"]["steps"]) == {"start-up and checks", "sentencepiece",
+                                                                 "encoding and binarization"}
+    assert stages["wmt14_en_fr", "prepare_mt"]["sentences"] == 2 * (round(40_842_333 * 0.0005) + 3_000 + 3_003)
+    assert {t["name"].split(":")[0] for t in report["targets"]} == {"wikitext103 x0.0005", "mnli x0.0005",
+                                                                     "wmt14_en_fr x0.0005"}
+    assert "# Rehearsal of the paper profile's data stages" in out.with_suffix(".md").read_text()
+    assert not (tmp_path / "root").exists()  # the corpora are removed unless --keep
