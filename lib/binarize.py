@@ -2,10 +2,12 @@
 
 fairseq-preprocess turns text of space-separated pieces into fairseq's MMapIndexedDataset (<prefix>.bin:
 the token ids, each sentence followed by </s>; <prefix>.idx: sizes and offsets), looking every piece up in
-Python: measured ~1,400 WMT-like sentences/s on 2 cores, 16 hours for WMT'14 En-Fr. Here sentencepiece
+Python (measured on 2 cores: 576 s for 816k synthetic WMT sentences of ~150 pieces, ~1,400 a second, which
+for WMT'14's 81.7M sentences is most of a day). Here sentencepiece
 encodes a chunk to ids on every core, one numpy lookup maps them to the fairseq dictionary's ids, and the
 chunk is written at once: the same files, byte for byte (the tests compare them with fairseq-preprocess's),
-with memory that grows only by the 12 bytes per sentence of the index.
+in 21 s for those 816k sentences, encoding included, with memory that grows only by the 12 bytes per
+sentence of the index.
 """
 import itertools
 import os

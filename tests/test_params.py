@@ -28,7 +28,7 @@ def test_default_params_are_valid():
 def test_unknown_key_names_path_and_accepted_keys(tmp_path):
     msg = invalid(tmp_path, lambda p: p["prepare_mlm"].update(vocab_sise=8000))
     assert "prepare_mlm.vocab_sise: unknown key" in msg
-    assert "['max_train_lines', 'model_type', 'vocab_size']" in msg
+    assert "['max_train_lines', 'model_type', 'sentencepiece_sample', 'vocab_size']" in msg
 
 
 def test_unknown_key_inside_a_dataset(tmp_path):
