@@ -143,18 +143,15 @@ def make_workspace(root: Path, mirror: Path, datasets: list) -> Path:
 def decompression_pass(work: Path, dataset: str) -> dict:
     """Seconds to read every split's source bytes once, decompressed, with nothing else done: the share of
     fetch that is decompression (fetch's own reading, with its line checks and writing, is the rest)."""
-    import gzip
     from lib.params import load_params
-    from lib.sources import member_name, open_member
+    from lib.sources import member_name, open_bytes
     spec, mirror = load_params(work / "params.yaml").datasets[dataset], work.parent / "mirror" / dataset
     start, n = time.time(), 0
     for sources in spec.splits.values():
         for source in sources:
             for lang in spec.languages or [None]:
                 fname, member = source.file.format(lang=lang) if lang else source.file, member_name(source, lang)
-                stream, archive = open_member(mirror / fname, member) if member else (open(mirror / fname, "rb"), None)
-                if (member or fname).endswith(".gz"):
-                    stream = gzip.open(stream)
+                stream, archive = open_bytes(mirror / fname, member)
                 while chunk := stream.read(1 << 20):
                     n += len(chunk)
                 stream.close()

@@ -21,15 +21,13 @@ def log(message: str) -> None:
 
 
 
-def in_context_chain(error: BaseException, kind: type):
-    """`error` or the first exception it was raised while handling, that is a `kind`."""
-    while error is not None and not isinstance(error, kind):
+def in_context_chain(error: BaseException, kind: type, where=lambda e: True):
+    """`error` or the first exception it was raised while handling, that is a `kind` (and `where` holds)."""
+    while error is not None and not (isinstance(error, kind) and where(error)):
         error = error.__context__
     return error
 
 
 def disk_full(error: BaseException) -> OSError | None:
     """The "no space left on device" error that `error` is or was raised while handling, if any."""
-    while error is not None and not (isinstance(error, OSError) and error.errno == errno.ENOSPC):
-        error = error.__context__
-    return error
+    return in_context_chain(error, OSError, lambda e: e.errno == errno.ENOSPC)

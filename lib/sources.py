@@ -17,10 +17,8 @@ def read_source(source, paths, lang=None):
     path = paths[fname]
     member = member_name(source, lang)
     where = f"{path}:{member}" if member else str(path)
-    stream, archive = open_member(path, member) if member else (open(path, "rb"), None)
     name = member or fname
-    if name.endswith(".gz"):
-        stream = gzip.open(stream)
+    stream, archive = open_bytes(path, member)
     try:
         lines = utf8_lines(stream, where)
         if source.cleanup == "fastai_csv":
@@ -36,6 +34,14 @@ def read_source(source, paths, lang=None):
         stream.close()
         if archive is not None:
             archive.close()
+
+
+def open_bytes(path: Path, member: str | None):
+    """(the decompressed bytes of a file or archive member, as a stream; the archive to close after it)."""
+    stream, archive = open_member(path, member) if member else (open(path, "rb"), None)
+    if str(member or path).endswith(".gz"):
+        stream = gzip.open(stream)
+    return stream, archive
 
 
 def utf8_lines(stream, where):

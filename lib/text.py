@@ -69,8 +69,9 @@ def train_sentencepiece(lines: Iterable[str], prefix: Path, vocab_size: int, mod
     from sentencepiece import sentencepiece_model_pb2
     proto = sentencepiece_model_pb2.ModelProto.FromString(model.getvalue())
     proto.trainer_spec.model_prefix = str(prefix)  # recorded as when sentencepiece writes the file itself
-    Path(f"{prefix}.model").write_bytes(proto.SerializeToString())
-    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    serialized = proto.SerializeToString()
+    Path(f"{prefix}.model").write_bytes(serialized)
+    sp = spm.SentencePieceProcessor(model_proto=serialized)
     with open(f"{prefix}.vocab", "w") as f:  # as sentencepiece writes it: piece <TAB> score (6 digits)
         f.writelines(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
     return sp

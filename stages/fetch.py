@@ -59,8 +59,9 @@ def obtain(dataset, fname, fspec) -> Path:
             return path
         log(f"{dataset}/{fname}: not in DATA_MIRROR={mirror}; downloading")
     for url in fspec.urls:  # the user's own file (file://): checked and read where it is, so errors name it
-        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-        if urllib.parse.urlparse(url).scheme == "file" and path.is_file():
+        parsed = urllib.parse.urlparse(url)
+        path = Path(urllib.request.url2pathname(parsed.path))
+        if parsed.scheme == "file" and path.is_file():
             verify(path, fspec, f"{path} ({url})")
             log(f"{dataset}/{fname}: from {path}")
             return path

@@ -7,8 +7,8 @@ rate of <unk> pieces, and a warning above UNK_WARNING). The first dev split is f
 next `valid1` (MNLI: matched, then mismatched).
 
 data/raw/<task>/ is read with fetch's row checks again (lib/glue.py): it may have been edited by hand.
-Streamed: each split's TSV is read a few times (the row checks and counts, the inputs, the labels, the
-dev text) and never held in memory.
+Streamed: each split's TSV is read a few times (the row checks and counts, the inputs with their labels,
+the dev text) and never held in memory.
 
 Usage: python -m stages.prepare_glue TASK
 """
@@ -63,14 +63,17 @@ def main(argv):
         fairseq_name = {split: name for name, split in fairseq_split_names(dev_splits)}
         unk_rates, examples = {}, {}
         for split in splits:
-            counts = binarize_columns(sp, dictionary, (tuple(r[c] for c in inputs) for r in rows(split)),
-                                      [out / f"input{i}" / fairseq_name[split] for i in range(len(inputs))])
+            with open(tmp / f"{split}.label", "w") as labels:
+                def texts(split=split, labels=labels):  # each row's label goes to fairseq-preprocess's file
+                    for r in rows(split):
+                        labels.write((str(regression_target(r["label"], meta["label_range"])) if regression
+                                      else r["label"]) + "\n")
+                        yield tuple(r[c] for c in inputs)
+                counts = binarize_columns(sp, dictionary, texts(),
+                                          [out / f"input{i}" / fairseq_name[split] for i in range(len(inputs))])
             examples[split] = int(counts[0][dictionary.eos()])  # one </s> a sentence
             pieces = sum(int(c.sum()) for c in counts) - examples[split] * len(inputs)
             unk_rates[split] = sum(int(c[dictionary.unk()]) for c in counts) / max(pieces, 1)
-            with open(tmp / f"{split}.label", "w") as f:
-                for r in rows(split):
-                    f.write((str(regression_target(r["label"], meta["label_range"])) if regression else r["label"]) + "\n")
         for split, rate in unk_rates.items():
             if rate > UNK_WARNING:
                 log(f"warning: {task} {split}: {rate:.1%} of the sentencepiece pieces are <unk> (above "
