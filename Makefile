@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro repro-timed test gpu-check
+.PHONY: repro repro-timed test gpu-check plan
 # `make repro PROFILE=paper` runs the pipeline with profiles/paper.yaml's values as the DVC experiment `paper`:
 # `dvc exp run --temp -n paper -S key=value ...` (profiles/overrides.py checks the profile first and prints the
 # command). params.yaml is not written: the run is in a temporary copy of the workspace, and the workspace's
@@ -31,6 +31,16 @@ repro-timed: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	python -m pytest -q tests
+
+# `make plan`: the size planner (plan/dvc.yaml; `make repro` leaves it out): every size trained at plan.fractions
+# of its budget (the calibration runs), then the scaling-law fit and its prediction, reports/plan.md. With
+# PROFILE=NAME, the profile's values as the DVC experiment NAME-plan (EXP_RUN_FLAGS as for `make repro`).
+plan: $(VENV)/.installed
+ifdef PROFILE
+	eval "dvc exp run $(EXP_RUN_FLAGS) -n $(PROFILE)-plan plan/dvc.yaml $$(python profiles/overrides.py $(PROFILE))"
+else
+	dvc repro plan/dvc.yaml
+endif
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -88,7 +88,7 @@ def build_glue(source: str, task: str, out: str) -> dict:
     """What stages.compress writes for sparsity 0, from the fine-tuned checkpoint: the fairseq fp32
     variant (no weights replaced) and the ONNX fp32, int8 and int4 models."""
     import torch
-    from lib.glue_task import class_labels
+    from lib.glue_task import class_labels, label_names
     from lib.params import load_params
     from lib.variants import FAIRSEQ_FP32, ONNX_FORMATS, VARIANT_FILE, WEIGHTS_FILE
     from lib.hf_roberta import export_onnx_classifier, save_transformers_classifier
@@ -99,7 +99,8 @@ def build_glue(source: str, task: str, out: str) -> dict:
     out, cfg = Path(out), load_params().compress
     with tempfile.TemporaryDirectory() as hf_dir:
         save_transformers_classifier(load_checkpoint(Path(source)), Path("data/bin/mlm/spm.model"),
-                                     class_labels(task), Path(hf_dir))
+                                     class_labels(task), Path(hf_dir),
+                                     label_names(task, load_params().datasets[task].label_names))
         dirs = [out / FORMATS[f"onnx_{suffix}"] for suffix, _, _ in ONNX_FORMATS]
         checked = export_onnx_classifier(Path(hf_dir), *dirs, glue_texts(task, cfg.int8_check_examples),
                                          cfg.int8_min_agreement)
@@ -128,7 +129,8 @@ def glue_format(variant: str, task: str, fmt: str, overrides: dict) -> dict:
     from lib.variants import VARIANT_FILE
     from stages.evaluate import GlueEval
     params, cfg = evaluate_cfg(overrides)
-    evaluator, variant = GlueEval(cfg, task, params.datasets[task].metrics), Path(variant)
+    evaluator = GlueEval(cfg, task, params.datasets[task].metrics, params.datasets[task].label_names)
+    variant = Path(variant)
     if fmt == "pytorch_fp32":
         results, timing = evaluator.fairseq(variant, json.loads((variant / VARIANT_FILE).read_text()))
     else:

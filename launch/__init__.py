@@ -3,6 +3,6 @@ on one machine (`python -m launch local -j N`) or on SLURM (`python -m launch sl
 
 Each job runs `dvc repro --single-item <stage>` in its own git checkout of the submitted commit; all
 checkouts share the workspace's DVC cache, so every finished job lands in DVC's run-cache, and a final
-`dvc repro` in the workspace restores them all instead of training. README: "Running the grid in
-parallel (multi-GPU, SLURM)".
+`dvc repro` in the workspace restores them all instead of training. docs/gpus-and-slurm.md: "Running the grid in
+parallel".
 """

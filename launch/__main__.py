@@ -1,5 +1,5 @@
-"""python -m launch local|slurm|status: run the grid's stages as parallel jobs (README: "Running the
-grid in parallel (multi-GPU, SLURM)").
+"""python -m launch local|slurm|status: run the grid's stages as parallel jobs (docs/gpus-and-slurm.md: "Running the
+grid in parallel").
 
   python -m launch local [-j N] [--gpus 0,1,...] [STAGE ...]   N jobs at a time on this machine
   python -m launch slurm [--wait] [STAGE ...]                  job arrays on SLURM

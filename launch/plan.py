@@ -64,7 +64,7 @@ def load_config(path: Path) -> Config:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise LaunchError(f"{path}: not found (the launcher's settings; see README)")
+        raise LaunchError(f"{path}: not found (the launcher's settings; see docs/gpus-and-slurm.md)")
     except yaml.YAMLError as e:
         raise LaunchError(f"{path}: not valid YAML: {str(e).splitlines()[0]}")
     try:

@@ -53,6 +53,9 @@ class Dataset(Strict):
     columns: dict[Literal["sentence1", "sentence2", "label"], str | int] | None = None
     labels: list[str] | Literal["regression"] | None = None
     label_range: tuple[float, float] | None = None   # regression only: the lowest and highest label
+    # classification, optional: what each label means, in the order of `labels` (the exported classifiers'
+    # id2label, the predictions files); without it the labels name themselves
+    label_names: list[str] | None = None
     # what evaluate scores, in this order (the first is the task's headline metric); f1 counts the
     # second of two labels as the positive class
     metrics: list[Literal[CLASSIFICATION_METRICS + REGRESSION_METRICS]] | None = None
@@ -77,8 +80,9 @@ class Dataset(Strict):
                                  f" because header is {self.header}")
             if "train" not in self.splits or len(self.splits) < 2:
                 raise ValueError("glue splits need 'train' and at least one dev split")
-        elif any(v is not None for v in [*glue_fields.values(), self.label_range]):
-            raise ValueError(f"header/columns/labels/label_range/metrics are for kind 'glue', not '{self.kind}'")
+        elif any(v is not None for v in [*glue_fields.values(), self.label_range, self.label_names]):
+            raise ValueError(f"header/columns/labels/label_range/label_names/metrics are for kind 'glue', "
+                             f"not '{self.kind}'")
         if self.kind == "parallel" and not self.languages:
             raise ValueError("kind 'parallel' needs languages")
         if self.kind != "parallel" and self.languages is not None:
@@ -103,6 +107,8 @@ class Dataset(Strict):
         if self.labels == "regression":
             if self.label_range is None:
                 raise ValueError("a regression task needs label_range: [lowest, highest] label")
+            if self.label_names is not None:
+                raise ValueError("label_names are for classification tasks; a regression task has no classes")
             low, high = self.label_range
             if not (math.isfinite(low) and math.isfinite(high) and low < high):
                 raise ValueError(f"label_range {list(self.label_range)}: needs two finite numbers, lowest first")
@@ -110,6 +116,9 @@ class Dataset(Strict):
         else:
             if self.label_range is not None:
                 raise ValueError("label_range is for regression tasks (labels: regression)")
+            if self.label_names is not None and (len(self.label_names) != len(self.labels)
+                                                 or len(set(self.label_names)) != len(self.label_names)):
+                raise ValueError(f"label_names {self.label_names}: one distinct name for each of labels {self.labels}")
             if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
                 raise ValueError(f"labels: give at least two, each once: {self.labels}")
             if len(self.labels) != 2 and {"f1", "mcc"} & set(self.metrics):

@@ -86,7 +86,7 @@ def launch_data_parallel(training, module: str, argv: list) -> bool:
     import torch
     if training_device(training) == "cuda" and torch.cuda.device_count() < training.world_size:
         raise StageError(f"params.yaml: training.world_size is {training.world_size} but this machine has "
-                         f"{torch.cuda.device_count()} GPUs; across machines, start torchrun on each (README)")
+                         f"{torch.cuda.device_count()} GPUs; across machines, start torchrun on each (docs/gpus-and-slurm.md)")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(training.world_size), "-m", module, *map(str, argv)]
     log(f"data-parallel training on {training.world_size} processes: {' '.join(command[1:])}")

@@ -1,7 +1,12 @@
 """Errors a user can act on, and logging."""
 import errno
+import logging
 import sys
 import time
+
+# our own lines: printed by log(), and written to the stage's log file by the handler lib/stage.py gives it
+PIPELINE = logging.getLogger("pipeline")
+PIPELINE.propagate = False
 
 
 class StageError(Exception):
@@ -16,9 +21,16 @@ class DataError(StageError):
         super().__init__(f"{where}: {message}")
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+def log(message: str, console: bool = True) -> None:
+    """A timestamped line of ours: on stderr (unless `console` is False) and in the stage's log file."""
+    if console:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    PIPELINE.info(message)
 
+
+def summary(label: str, *facts: str) -> None:
+    """The one line a stage ends with: `label: fact, fact, ...` (empty facts left out)."""
+    log(f"{label}: {', '.join(f for f in facts if f)}")
 
 
 def in_context_chain(error: BaseException, kind: type, where=lambda e: True):

@@ -17,3 +17,9 @@ def class_labels(task: str) -> list[str]:
     frequency, so not the order of the task's own label list), without fairseq's padding symbols."""
     lines = (GLUE_DATA / task / "label" / "dict.txt").read_text().splitlines()
     return [line.split()[0] for line in lines if not line.startswith("madeupword")]
+
+
+def label_names(task: str, names: list[str] | None) -> dict:
+    """{label: name} from the catalog's `label_names` of the task (datasets.<task>.label_names, in the order of its
+    labels); empty where it gives none, a label then naming itself."""
+    return dict(zip(glue_meta(task)["labels"], names or [])) if names else {}

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from lib.checkpoints import UnsafeCheckpoint, checkpoint_updates, export_checkpoint, load_checkpoint
 from lib.devices import cpu_autocast, distributed_master, distributed_rank, trained_on, trained_precision
-from lib.errors import StageError, in_context_chain, log
+from lib.errors import StageError, in_context_chain, log, summary as log_summary
 from lib.fairseq_cli import run_fairseq
 from lib.files import naming_disk_full, write_json
+from lib.progress import Progress, training_facts
 
 
 WORK_DIR = Path("models/.work")   # resumable training state; not a DVC output (DVC deletes those)
@@ -53,6 +54,9 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
         rows = resume_curve(work_curve, work / "checkpoint_last.pt")
     if rows:
         log(f"{label}: resuming at update {rows[-1]['updates']} ({float(rows[-1]['seconds']):.0f} s spent)")
+    # the console's bar over the budget (rank 0's)
+    progress = Progress(label, args, *((int(rows[-1]["updates"]), float(rows[-1]["seconds"])) if rows else ())) \
+        if master else None
     # tokens and FLOPs: totals on the curve, plus what this rank trained on since the last point
     state = {"tokens": int(rows[-1]["tokens"]) if rows else 0, "flops": float(rows[-1]["flops"]) if rows else 0.0,
              "new_tokens": 0, "new_flops": 0.0, "loss_sum": 0.0, "loss_n": 0}
@@ -79,14 +83,19 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
             if cause is not None and cause is not e:  # fairseq's NaN diagnostics can crash themselves
                 raise cause from e
             raise
+        step_tokens = 0
         for sample in samples:
             if sample and "net_input" in sample:
                 tokens, flops = flops_of_sample(sample)
-                state["new_tokens"] += tokens
+                step_tokens += tokens
                 state["new_flops"] += flops
+        state["new_tokens"] += step_tokens
         if out and "loss" in out:
             state["loss_sum"] += float(out["loss"])
             state["loss_n"] += 1
+        if progress is not None:  # this rank's clock: no collective call on one rank only
+            progress.update(self.get_num_updates(), self._local_cumulative_training_time(),
+                            float(out["loss"]) if out and "loss" in out else None, step_tokens)
         return out
 
     def get_valid_stats(original_valid_stats, cfg, trainer, stats, tracking_best):
@@ -113,7 +122,10 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
             state["loss_sum"], state["loss_n"] = 0.0, 0
             rows.append(row)
             write_curve(work_curve, rows)
-            log(f"{label}: update {row['updates']}, {row['seconds']:.0f} s, valid loss {row['valid_loss']}")
+            log(f"{label}: update {row['updates']}, {row['seconds']:.0f} s, valid loss {row['valid_loss']}",
+                console=False)  # the progress bar shows it
+            if progress is not None:
+                progress.valid(row["valid_loss"])
         if not math.isfinite(float(stats.get("loss") or 0)):  # on every rank: the stats are all-reduced
             raise FloatingPointError(f"validation loss is {stats.get('loss')}")
         return stats
@@ -131,6 +143,9 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
             raise
         raise StageError(f"{label}: does not fit in memory ({str(e).splitlines()[0]}). "
                          "Lower max_tokens (the batch size in tokens) for this stage in params.yaml.")
+    finally:
+        if progress is not None:
+            progress.close()
     if not master:
         return {}
     if not rows:
@@ -192,19 +207,22 @@ def fairseq_hooks(train_step, get_valid_stats):
 
 
 def train_and_export(stage: str, name: str, out: Path, args: list, flops_of_sample, keep: str,
-                     summary: dict) -> dict:
+                     summary: dict, more_facts=lambda last: []) -> dict:
     """What every training stage does: train `name` under its budget (resumable, in
     models/.work/<stage>/<name>), write its curve to reports/curves/<stage>-<name>.csv, export
-    checkpoint_<keep>.pt (last or best) to out/checkpoint.pt with out/summary.json, drop the scratch."""
-    label, work = f"{stage} {name}", WORK_DIR / stage / name
-    last = train_with_budget(label, work, args, Path("reports/curves") / f"{stage}-{name}.csv", flops_of_sample)
+    checkpoint_<keep>.pt (last or best) to out/checkpoint.pt with out/summary.json, drop the scratch,
+    and end with the stage's summary line (lib.progress.training_facts, then more_facts(last row))."""
+    label, work, curve = f"{stage} {name}", WORK_DIR / stage / name, Path("reports/curves") / f"{stage}-{name}.csv"
+    last = train_with_budget(label, work, args, curve, flops_of_sample)
     if distributed_rank() != 0:  # rank 0 writes the outputs
         return last
     parameters = export_checkpoint(work / f"checkpoint_{keep}.pt", out / "checkpoint.pt")
     write_json(out / "summary.json", {**summary, "parameters": parameters, "final": last,
                                       "precision": trained_precision(args), "hardware": trained_on(args)})
     shutil.rmtree(work)
-    log(f"{label}: done, {last['updates']} updates in {last['seconds']} s")
+    with open(curve) as f:
+        rows = list(csv.DictReader(f))
+    log_summary(label, *training_facts(rows, keep), *more_facts(last))
     return last
 
 

@@ -34,10 +34,10 @@ from lib.onnx_export import INT4_SCHEME, checked_int8, quantize_int4, quantize_i
 SPM_FILE = "spm.model"  # the sentencepiece model, in every output directory
 # optimum's export (encoder, decoder without and with past key values), in fp32_dir
 ONNX_FP32_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
-# ORTQuantizer's names for them, in int8_dir; ORTModelForSeq2SeqLM.from_pretrained(int8_dir) finds them,
-# as it finds the fp32 files in fp32_dir (one encoder, decoder and decoder-with-past file in each)
-ONNX_INT8_FILES = tuple(f.replace(".onnx", "_quantized.onnx") for f in ONNX_FP32_FILES)
-ONNX_INT4_FILES = tuple(f.replace(".onnx", "_int4.onnx") for f in ONNX_FP32_FILES)  # in int4_dir, likewise
+# the int8 and int4 models keep those names in their own directories: optimum's standard names, which
+# ORTModelForSeq2SeqLM.from_pretrained(dir, use_merged=False) finds without a warning (use_merged=False: no
+# merged decoder is looked for; other names make optimum warn four times that it found no standard file)
+ONNX_INT8_FILES = ONNX_INT4_FILES = ONNX_FP32_FILES
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3  # fairseq's Dictionary
 FAIRSEQ_GENERATE_BEAM, FAIRSEQ_GENERATE_MAX_LEN = 5, 200  # fairseq-generate's --beam, --max-len-b (--max-len-a 0)
@@ -208,7 +208,7 @@ def export_onnx_translator(hf_dir: Path, fp32_dir: Path, int8_dir: Path, int4_di
 
         def quantize(scheme):
             for name in ONNX_FP32_FILES:
-                quantize_int8(fp32_dir, name, int8_dir, scheme)
+                quantize_int8(fp32_dir, name, int8_dir, scheme, suffix=None)
         int8 = checked_int8(quantize, lambda: token_agreement(reference, next_tokens(int8_dir, batches)),
                             min_agreement, flags)
         for name, int4_name in zip(ONNX_FP32_FILES, ONNX_INT4_FILES):

@@ -41,12 +41,14 @@ REQUIRED = {"encoder_normalize_before": False, "layernorm_embedding": True, "no_
 
 
 def save_transformers_classifier(checkpoint: dict, spm_model: Path, labels: list[str] | str, out: Path,
-                                 label_dict: Path | None = None) -> None:
+                                 label_names: dict | None = None, label_dict: Path | None = None) -> None:
     """Write `checkpoint` (a fairseq sentence_prediction RoBERTa, as lib.load_checkpoint returns it) to `out`
     as an XLMRobertaForSequenceClassification with its tokenizer. `labels`: the task's class names in any
     order (meta.json's labels), or "regression" for a one-output regression head. The head's output i is
     entry i of fairseq's label dictionary, `label_dict` (default: label/dict.txt in the task's data dir),
-    which fairseq-preprocess sorts by frequency, so it is read rather than assumed to follow `labels`."""
+    which fairseq-preprocess sorts by frequency, so it is read rather than assumed to follow `labels`.
+    `label_names`: the catalog's label -> name (datasets.<task>.label_names), which config.id2label and label2id
+    then hold (so a transformers pipeline answers "positive", not "1"); a label without one names itself."""
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaTokenizerFast
 
     opts, head = check_classifier(checkpoint)
@@ -66,6 +68,7 @@ def save_transformers_classifier(checkpoint: dict, spm_model: Path, labels: list
         if sorted(names) != sorted(labels):
             raise StageError(f"{label_dict}: the classification head's {num_outputs} classes are {names}, "
                              f"not the labels {labels}")
+        names = [(label_names or {}).get(n, n) for n in names]
     layers = opts["encoder_layers"]
     config = XLMRobertaConfig(
         vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,

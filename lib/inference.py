@@ -55,7 +55,9 @@ def speed(run, items: list, cfg, unit: str, throughput: float, timed_as=None) ->
 
 
 def load_onnx(model_class, variant: Path, threads: int):
-    """An optimum ONNX Runtime model with a fixed thread count; a broken file is named in the error."""
+    """An optimum ONNX Runtime model with a fixed thread count; a broken file is named in the error. A translator
+    directory holds optimum's standard file names and no merged decoder (lib/hf_m2m100.py), so optimum loads it
+    without a warning; a classifier directory's one .onnx file is named."""
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -64,7 +66,7 @@ def load_onnx(model_class, variant: Path, threads: int):
     files = sorted(f.name for f in variant.glob("*.onnx"))
     try:
         if model_class.__name__ == "ORTModelForSeq2SeqLM":
-            return model_class.from_pretrained(variant, session_options=options)
+            return model_class.from_pretrained(variant, session_options=options, use_merged=False)
         return model_class.from_pretrained(variant, file_name=files[0] if files else None, session_options=options)
     except Exception as e:
         raise StageError(f"{variant}: cannot load the ONNX model ({', '.join(files) or 'no .onnx file'}): "

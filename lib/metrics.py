@@ -38,6 +38,15 @@ def cross_entropy(gold, logits):  # nats per example
 CLASSIFICATION_METRICS = {"accuracy": accuracy, "f1": f1, "mcc": mcc}
 
 
+def constant_classification(gold, metric, classes: int) -> float:
+    """The best score of a predictor that ignores its input: of `metric` (a scorer of gold and predicted class
+    indices), always the best single class; for None (the dev loss), the gold label frequencies' entropy."""
+    if metric is None:
+        frequencies = np.bincount(gold) / len(gold)
+        return float(-np.sum(frequencies[frequencies > 0] * np.log(frequencies[frequencies > 0])))
+    return max(metric(gold, np.full_like(gold, c)) for c in range(classes))
+
+
 def pearson(gold, predicted):
     return 100.0 * float(np.corrcoef(gold, predicted)[0, 1]) if np.std(gold) and np.std(predicted) else 0.0
 
@@ -47,3 +56,30 @@ def spearman(gold, predicted):  # Pearson's r of the ranks; tied values share th
 
 
 REGRESSION_METRICS = {"pearson": pearson, "spearman": spearman}
+
+
+TRANSLATION_METRICS = ("bleu", "chrf")  # sacrebleu's, in this order: BLEU is translation's headline
+
+
+def sacrebleu_metric(name: str):
+    from sacrebleu.metrics import BLEU, CHRF
+    return {"bleu": BLEU, "chrf": CHRF}[name]()
+
+
+def translation_scores(hypotheses: list[str], references: list[str], resamples: int) -> list[tuple]:
+    """(metric, value, low, high, sacrebleu's signature) of corpus BLEU and chrF, each with sacrebleu's 95%
+    bootstrap interval over `resamples` resamples of the sentences."""
+    scores = []
+    for name in TRANSLATION_METRICS:
+        metric = sacrebleu_metric(name)
+        score = metric.corpus_score(hypotheses, [references], n_bootstrap=resamples)
+        scores.append((name, score.score, score._mean - score._ci, score._mean + score._ci,
+                       metric.get_signature().format()))
+    return scores
+
+
+def constant_translation(references: list[str], name: str, candidates: int) -> float:
+    """The best corpus score of an input-ignoring translator: one sentence, output for every source, chosen as
+    the best among the first `candidates` references (they share the test set's words)."""
+    metric = sacrebleu_metric(name)
+    return max(metric.corpus_score([c] * len(references), [references]).score for c in references[:candidates])

@@ -55,15 +55,17 @@ def int8_scheme(flags: list[str]) -> tuple[str, str]:
     return FALLBACK, "neither AVX2 nor VNNI: u8 x u8"
 
 
-def quantize_int8(fp32_dir: Path, file_name: str, int8_dir: Path, scheme: str) -> None:
-    """ONNX Runtime dynamic int8 quantization of fp32_dir/file_name into int8_dir (file name + "_quantized",
-    with ort_config.json recording the settings), per-channel weights, in `scheme` (INT8_SCHEMES)."""
+def quantize_int8(fp32_dir: Path, file_name: str, int8_dir: Path, scheme: str,
+                  suffix: str | None = "quantized") -> None:
+    """ONNX Runtime dynamic int8 quantization of fp32_dir/file_name into int8_dir (file name + "_" + suffix; no
+    suffix: the same name, with ort_config.json recording the settings), per-channel weights, in `scheme`
+    (INT8_SCHEMES)."""
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
     constructor, options = INT8_SCHEMES[scheme]
     qconfig = getattr(AutoQuantizationConfig, constructor)(
         is_static=False, per_channel=True, nodes_to_exclude=activation_matmuls(Path(fp32_dir) / file_name), **options)
-    ORTQuantizer.from_pretrained(fp32_dir, file_name=file_name).quantize(qconfig, save_dir=int8_dir)
+    ORTQuantizer.from_pretrained(fp32_dir, file_name=file_name).quantize(qconfig, save_dir=int8_dir, file_suffix=suffix)
 
 
 def activation_matmuls(path: Path) -> list[str]:

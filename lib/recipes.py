@@ -14,6 +14,12 @@ MLM_DATA, MT_DATA = Path("data/bin/mlm"), Path("data/bin/mt")
 MAX_LEN_A, MAX_LEN_B = 1.2, 10
 
 
+def generation_args(beam: int):
+    """fairseq's build_generator arguments for beam search to the length limit (stages/evaluate.py's test BLEU)."""
+    import argparse
+    return argparse.Namespace(beam=beam, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B, min_len=1)
+
+
 def budget_flags(budget) -> list:
     # fairseq counts training time restored from a checkpoint, so a resumed run keeps its budget
     if budget.updates is not None:

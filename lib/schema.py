@@ -199,6 +199,31 @@ class Report(Strict):
     max_latency_ms: float | None = Field(gt=0)   # deployment limit: batch-1 latency
 
 
+class Plan(Strict):
+    """The size planner (issue 35; plan/dvc.yaml, `make plan`): calibration runs and the scaling-law fit."""
+    mlm_sizes: list[str] = Field(min_length=1)    # the candidates calibrated: keys of models.mlm
+    mt_sizes: list[str] = Field(min_length=1)     # keys of models.mt
+    fractions: list[float] = Field(min_length=1)  # calibration runs: every size at these shares of its budget
+    target_budget: float | None = Field(gt=0)     # budget predicted for, in the recipe's unit (null: the recipe's)
+    crossover_range: list[float] = Field(min_length=2, max_length=2)  # budgets searched for crossovers
+    bootstrap: int = Field(ge=10)                # resamples of the end points for the intervals
+    fix_alpha: float | None = Field(gt=0)        # hold the law's exponents (null: fitted)
+    fix_beta: float | None = Field(gt=0)
+    fit_full_runs: bool                          # also fit the full-budget runs' end points
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for i, f in enumerate(self.fractions):
+            if not 0 < f < 1:
+                raise ValueError(f"fractions.{i}: {f} is outside (0, 1): a share of the budget")
+        if len(set(self.fractions)) != len(self.fractions):
+            raise ValueError(f"fractions: values are listed twice: {self.fractions}")
+        lo, hi = self.crossover_range
+        if not 0 < lo < hi:
+            raise ValueError(f"crossover_range: {self.crossover_range} must be [low, high] with 0 < low < high")
+        return self
+
+
 class Check(Strict):
     baseline: str = Field(pattern=r"\.json$")  # the committed baseline of this profile's metrics
     # allowed change of each metric where it is not compared exactly (stages/check.py), by name prefix
@@ -218,13 +243,16 @@ class Params(Strict):
     compress: Compress
     evaluate: Evaluate
     report: Report
+    plan: Plan
     check: Check
     datasets: dict[str, Dataset]
 
     @model_validator(mode="after")
     def _sizes_exist(self):
         for key, names, grid in (("pretrain.sizes", self.pretrain.sizes, self.models.mlm),
-                                 ("train_mt.sizes", self.train_mt.sizes, self.models.mt)):
+                                 ("train_mt.sizes", self.train_mt.sizes, self.models.mt),
+                                 ("plan.mlm_sizes", self.plan.mlm_sizes, self.models.mlm),
+                                 ("plan.mt_sizes", self.plan.mt_sizes, self.models.mt)):
             for i, name in enumerate(names):
                 if name not in grid:
                     raise ValueError(f"{key}.{i}: '{name}' is not a size in models; known: {sorted(grid)}")

@@ -160,32 +160,52 @@ def verdict_pretraining(pretrained: tuple, random: tuple) -> str:
             "learns the task, not what pretraining taught")
 
 
-def recommendation(rows: pd.DataFrame, cfg) -> str:
-    lines = ["## Recommendation", "",
-             f"Deployment limit from params (`report.max_bytes` {cfg.max_bytes}, `report.max_latency_ms` "
-             f"{cfg.max_latency_ms}); the training budget is the one this run used. Only formats a runtime serves "
-             "are shipped: fairseq fp32 (PyTorch) and the ONNX models, not the simulated k-bit variants; a latency "
-             "holds for the CPU and int8 scheme named beside it.", ""]
+def shippable(rows: pd.DataFrame, cfg) -> dict:
+    """{task: its variants in a format a runtime serves (not simulated k-bit) within the deployment limit}."""
     rows = rows[rows.format != SIMULATED]
+    within = {}
     for task in sorted(rows.task.unique()):
         d = rows[rows.task == task]
         if cfg.max_bytes is not None:
             d = d[d.bytes_zip <= cfg.max_bytes]
         if cfg.max_latency_ms is not None:
             d = d[d.latency_ms.notna() & (d.latency_ms <= cfg.max_latency_ms)]
+        within[task] = d
+    return within
+
+
+def best_of(d: pd.DataFrame):
+    """The highest-scoring variant, the smaller one of a tie."""
+    return d.sort_values(["value", "bytes_zip"], ascending=[False, True]).iloc[0]
+
+
+def recommended(rows: pd.DataFrame, cfg) -> dict:
+    """{task: the variant the recommendation ships}: the best within the limit that beats constant prediction
+    beyond its confidence interval; a task with none is left out."""
+    picks = {task: d[d.apply(learned, axis=1)] for task, d in shippable(rows, cfg).items() if not d.empty}
+    return {task: best_of(d) for task, d in picks.items() if not d.empty}
+
+
+def recommendation(rows: pd.DataFrame, cfg) -> str:
+    lines = ["## Recommendation", "",
+             f"Deployment limit from params (`report.max_bytes` {cfg.max_bytes}, `report.max_latency_ms` "
+             f"{cfg.max_latency_ms}); the training budget is the one this run used. Only formats a runtime serves "
+             "are shipped: fairseq fp32 (PyTorch) and the ONNX models, not the simulated k-bit variants; a latency "
+             "holds for the CPU and int8 scheme named beside it.", ""]
+    for task, d in shippable(rows, cfg).items():
         if d.empty:
             lines.append(f"- **{task}**: no measured variant meets the limit.")
             continue
         beats_constant = d.apply(learned, axis=1)
         if not beats_constant.any():
-            best = d.sort_values(["value", "bytes_zip"], ascending=[False, True]).iloc[0]
+            best = best_of(d)
             lines.append(f"- **{task}**: nothing to ship: no variant beats constant prediction "
                          f"({best.metric} {best.constant_score:.2f} on these examples) beyond its confidence "
                          f"interval; the best, {best['size']} {best.variant}, scores {best.value:.2f} "
                          f"[{best.ci_low:.2f}, {best.ci_high:.2f}]. Train longer or on more data.")
             continue
         d = d[beats_constant]
-        best = d.sort_values(["value", "bytes_zip"], ascending=[False, True]).iloc[0]
+        best = best_of(d)
         # variants whose score lies inside the best one's confidence interval are as good, as far as we know
         close = d[(d.value >= best.ci_low) & (d.variant + d["size"] != best.variant + best["size"])]
         smaller = close[close.bytes_zip < best.bytes_zip]

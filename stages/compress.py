@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 from lib.checkpoints import export_checkpoint, load_checkpoint
-from lib.errors import StageError, log
+from lib.errors import StageError, log, summary
 from lib.files import atomic_dir, read_lines, scratch_dir, sha256sum, write_json
 from lib.glue import read_tsv
-from lib.glue_task import GLUE_DATA, class_labels, glue_meta
+from lib.glue_task import GLUE_DATA, class_labels, glue_meta, label_names
 from lib.harness import WORK_DIR, run_fingerprint, train_with_budget
 from lib.onnx_export import zipped_bytes
 from lib.params import load_params
@@ -74,7 +74,7 @@ def main(argv):
     with atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=1) as zipper:
         pending = []  # (variant.json path, its record, the futures of the zip sizes that add up to bytes_zip)
         dense_zip = None
-        for sparsity in cfg.sparsities:
+        for i, sparsity in enumerate(cfg.sparsities, 1):
             pruned = prune({k: state[k] for k in matrices}, sparsity, cfg.pruning)
             model, recovered = {**state, **pruned}, None
             if recovery and sparsity > 0:
@@ -113,14 +113,16 @@ def main(argv):
                     "bytes": matrix_bytes + scale_bytes(stored) + 4 * (total - sum(w.numel() for w in pruned.values())),
                     "bytes_zip": None, "files": {WEIGHTS_FILE: (variant / WEIGHTS_FILE).stat().st_size}},
                     [dense_zip, zipper.submit(zip_bytes, packed_tensors(stored))]))
-            log(f"compress {name}: sparsity {sparsity} (measured {measured:.4f}): fp32 + {cfg.bits} bits")
-            if sparsity in cfg.onnx_sparsities:
+            onnx = sparsity in cfg.onnx_sparsities
+            if onnx:
                 pending += export_onnx(task, {**checkpoint, "model": model}, tmp, sparsity, common, params, zipper)
-                log(f"compress {name}: sparsity {sparsity}: ONNX fp32 + int8 + int4")
+            log(f"compress {name}: [{i}/{len(cfg.sparsities)}] sparsity {sparsity} (measured {measured:.4f}): "
+                f"fp32 + {cfg.bits} bits{', ONNX fp32 + int8 + int4' if onnx else ''}")
         for path, record, zips in pending:
             write_json(path, {**record, "bytes_zip": sum(z.result() for z in zips)})
     shutil.rmtree(WORK_DIR / "compress" / name, ignore_errors=True)
-    log(f"wrote {out}")
+    summary(f"compress {name}", f"{len(pending)} variants in {out}",
+            f"{sum(f.stat().st_size for f in out.rglob('*') if f.is_file()):,} bytes")
 
 
 def recover(params, name: str, size_name: str, task: str, pruned_checkpoint: dict, sparsity: float,
@@ -251,8 +253,10 @@ def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common:
                                              cfg.int8_min_agreement)
         else:
             from lib.hf_roberta import export_onnx_classifier, save_transformers_classifier
-            labels = "regression" if glue_meta(task)["regression"] else class_labels(task)  # a regression task has no classes
-            save_transformers_classifier(checkpoint, Path("data/bin/mlm/spm.model"), labels, Path(hf_dir))
+            # a regression task has no classes
+            labels = "regression" if glue_meta(task)["regression"] else class_labels(task)
+            save_transformers_classifier(checkpoint, Path("data/bin/mlm/spm.model"), labels, Path(hf_dir),
+                                         label_names(task, params.datasets[task].label_names))
             checked = export_onnx_classifier(Path(hf_dir), *dirs.values(), glue_texts(task, cfg.int8_check_examples),
                                              cfg.int8_min_agreement)
     pending = []

@@ -2,18 +2,19 @@
 
 GLUE: the metrics the task's catalog entry declares (`datasets.<task>.metrics`: accuracy, F1, MCC;
 Pearson, Spearman for regression), in that order, on each dev split, with a 95% bootstrap confidence
-interval; a classifier also gets accuracy and the dev loss. Translation: sacrebleu BLEU (signature
-recorded) on the detokenized test set with beam search. Each row also carries `constant_score`: the
-best score of a predictor that ignores its input (always the same class; for the loss, the dev label
-frequencies; for BLEU, the same sentence for every source; 0 for a correlation) on the same examples,
-so a model at that level is seen to have learned nothing. fairseq variants run in PyTorch, ONNX variants in ONNX
-Runtime on raw text, never by reloading PyTorch weights. Size columns come from variant.json. Speed, on
+interval; a classifier also gets accuracy and the dev loss. Translation: sacrebleu BLEU and chrF
+(signatures recorded) on the detokenized test set with beam search. Each row also carries `constant_score`:
+the best score of a predictor that ignores its input (always the same class; for the loss, the dev label
+frequencies; for BLEU and chrF, the same sentence for every source; 0 for a correlation) on the same
+examples, so a model at that level is seen to have learned nothing. fairseq variants run in PyTorch, ONNX
+variants in ONNX Runtime on raw text, never by reloading PyTorch weights. Size columns come from variant.json. Speed, on
 `evaluate.threads` threads, is measured for the deployment formats, PyTorch fp32 of the dense model and
 the ONNX models: throughput is the scoring pass's (the whole set at `evaluate.batch_size`, after a
 warm-up), batch-1 latency the median of `evaluate.repeats` runs. A pruned or simulated k-bit model runs
 the same dense kernels as its format's dense one, so only the dense ones' latency is timed.
 
-Writes reports/eval/<model>.csv, one row per (variant, split, metric).
+Writes reports/eval/<model>.csv, one row per (variant, split, metric), and each variant's output for every
+example to reports/predictions/<model>/<variant>.tsv (lib/predictions.py: the layout).
 
 Usage: python -m stages.evaluate glue SIZE TASK [--random-init]
        python -m stages.evaluate mt SIZE
@@ -28,15 +29,17 @@ import torch
 
 from lib import hardware
 from lib.checkpoints import allow_checkpoint_globals
-from lib.errors import StageError, log
+from lib.errors import StageError, log, summary
 from lib.files import read_lines
 from lib.glue import read_tsv, regression_target
-from lib.glue_task import class_labels, glue_meta
+from lib.glue_task import class_labels, glue_meta, label_names as named_labels
 from lib.inference import by_length, load_onnx, scoring_pass, speed
-from lib.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, bootstrap, cross_entropy, f1
+from lib.metrics import (CLASSIFICATION_METRICS, REGRESSION_METRICS, bootstrap, constant_classification,
+                         constant_translation, cross_entropy, f1, translation_scores)
 from lib.onnx_export import quantization_columns
 from lib.params import load_params
-from lib.recipes import MAX_LEN_A, MAX_LEN_B
+from lib.predictions import fresh_dir, glue_predictions, translation_predictions, write_predictions
+from lib.recipes import generation_args
 from lib.stage import run_stage
 from lib.variant_weights import load_variant
 from lib.variants import COMPRESSED_DIR, DENSE, EVAL_FIELDS, VARIANT_FILE, is_onnx, model_arg
@@ -59,13 +62,15 @@ def main(argv):
     torch.set_flush_denormal(True)
     try:
         evaluator = TranslationEval(cfg, params.data.translation) if task == "translation" else \
-            GlueEval(cfg, task, params.datasets[task].metrics)
+            GlueEval(cfg, task, params.datasets[task].metrics, params.datasets[task].label_names)
+        kept = fresh_dir(name)
         rows, latencies = [], {}  # format -> (variant, ms): a pruned ONNX model runs its format's dense kernels
         for i, variant in enumerate(variants, 1):
             described = json.loads((variant / VARIANT_FILE).read_text())
             started = time.time()
             onnx, timed_as = is_onnx(described["format"]), latencies.get(described["format"])
             results, timing = evaluator.onnx(variant, timed_as) if onnx else evaluator.fairseq(variant, described)
+            write_predictions(kept / f"{variant.name}.tsv", evaluator.predicted)
             if onnx:
                 latencies.setdefault(described["format"], (variant.name, timing["latency_ms"]))
             reused = f"latency timed on {timed_as[0]} (the same kernels)" if timed_as else ""
@@ -95,16 +100,19 @@ def main(argv):
         writer = csv.DictWriter(f, EVAL_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    log(f"wrote {out} ({len(rows)} rows)")
+    dense = next((r for r in rows if r["variant"] == DENSE), rows[0])
+    summary(f"evaluate {name}", f"{len(variants)} variants ({len(rows)} rows) in {out}",
+            f"dense {dense['split']} {dense['metric']} {dense['value']:.2f}")
 
 
 class GlueEval:
-    def __init__(self, cfg, task: str, metrics: list[str]):
+    def __init__(self, cfg, task: str, metrics: list[str], label_names: list[str] | None = None):
         self.cfg, self.task = cfg, task
         self.data = Path("data/bin/glue") / task
         self.meta = glue_meta(task)
+        self.names = named_labels(task, label_names)  # the catalog's label -> name
         self.model = self.fairseq_task = None
-        self.constants = {}
+        self.constants, self.predicted = {}, []  # predicted: the last variant's output for every example
         if self.meta["regression"]:
             self.classes, self.metrics = [], {m: REGRESSION_METRICS[m] for m in metrics}
             return
@@ -133,22 +141,21 @@ class GlueEval:
                   for m, score in self.metrics.items()]
         return scores + [("loss", *bootstrap(cross_entropy, gold, logits, self.cfg.bootstrap))]
 
+    def split_results(self, split: str, rows: list[dict], gold, logits) -> list[tuple]:
+        """The scores on one split, as result rows; keeps each example's prediction in self.predicted."""
+        self.predicted += glue_predictions(split, rows, logits, self.classes, self.names, self.meta)
+        return [(split, len(rows), *score, "") for score in self.score(gold, logits)]
+
     def constant_score(self, split: str, metric: str):
         """The best `metric` of an input-ignoring predictor on `split`'s evaluated examples: the best single
         class (accuracy, F1, MCC), the dev label frequencies (loss: their entropy), 0 for a correlation."""
         if self.meta["regression"]:
             return 0.0
         if (split, metric) not in self.constants:  # the same for every variant: computed once
-            self.constants[split, metric] = self.constant_of(split, metric)
+            rows = next(rows for _, name, rows in self.splits() if name == split)
+            gold = np.array([self.classes.index(r["label"]) for r in rows])
+            self.constants[split, metric] = constant_classification(gold, self.metrics.get(metric), len(self.classes))
         return self.constants[split, metric]
-
-    def constant_of(self, split: str, metric: str) -> float:
-        rows = next(rows for _, name, rows in self.splits() if name == split)
-        gold = np.array([self.classes.index(r["label"]) for r in rows])
-        if metric == "loss":
-            frequencies = np.bincount(gold) / len(gold)
-            return float(-np.sum(frequencies[frequencies > 0] * np.log(frequencies[frequencies > 0])))
-        return max(self.metrics[metric](gold, np.full_like(gold, c)) for c in range(len(self.classes)))
 
     def fairseq(self, variant: Path, described: dict):
         from fairseq import checkpoint_utils
@@ -160,7 +167,7 @@ class GlueEval:
             self.model = models[0].eval()
         self.model.load_state_dict(checkpoint["model"])
         timed = variant.name == DENSE  # the deployment format; the others share its kernels (module docstring)
-        results, seconds, examples = [], 0.0, 0
+        results, seconds, examples, self.predicted = [], 0.0, 0, []
         for fairseq_split, split, rows in self.splits():
             self.fairseq_task.load_dataset(fairseq_split)
             dataset = self.fairseq_task.dataset(fairseq_split)
@@ -176,8 +183,7 @@ class GlueEval:
             logits = torch.stack(logits)
             # a class index, or for regression fairseq's list of (scaled) targets
             gold = torch.cat([torch.as_tensor(sample["target"]).view(-1) for sample in samples])
-            for metric, value, low, high in self.score(gold.numpy(), logits.numpy()):
-                results.append((split, len(rows), metric, value, low, high, ""))
+            results += self.split_results(split, rows, gold.numpy(), logits.numpy())
         measured = None
         if timed:
             tokens = [dataset[i]["net_input.src_tokens"] for i in range(len(samples))]
@@ -197,10 +203,12 @@ class GlueEval:
         from transformers import AutoTokenizer
         model = load_onnx(ORTModelForSequenceClassification, variant, threads=self.cfg.threads)
         tokenizer = AutoTokenizer.from_pretrained(variant)
-        label_id = {label: int(i) for i, label in model.config.id2label.items()}
-        if not self.meta["regression"] and [model.config.id2label[i] for i in range(len(label_id))] != self.classes:
-            raise StageError(f"{variant}: its classes {model.config.id2label} are not in the order of "
-                             f"{self.data}/label/dict.txt {self.classes}; export it again (dvc repro -f compress_glue)")
+        # the exported config names each output by the catalog's label_names (else the label itself)
+        expected, named = [self.names.get(c, c) for c in self.classes], model.config.id2label
+        if not self.meta["regression"] and [named.get(i) for i in range(len(named))] != expected:
+            raise StageError(f"{variant}: its classes {model.config.id2label} are not {expected}, the labels of "
+                             f"{self.data}/label/dict.txt {self.classes} in that order named by the catalog's "
+                             "label_names; export it again (dvc repro -f compress_glue)")
         columns = ["sentence1", "sentence2"] if self.meta["pair"] else ["sentence1"]
 
         def run(batch):
@@ -208,16 +216,15 @@ class GlueEval:
                                 return_tensors="np")
             return model(**encoded).logits
 
-        results, seconds, examples = [], 0.0, 0
+        results, seconds, examples, self.predicted = [], 0.0, 0, []
         for _, split, rows in self.splits():
             texts = [tuple(r[c] for c in columns) for r in rows]
             logits, rate = scoring_pass(lambda batch: np.asarray(run(batch)), texts, lambda text: sum(map(len, text)),
                                         self.cfg.batch_size)
             logits, seconds, examples = np.stack(logits), seconds + len(rows) / rate, examples + len(rows)
             gold = np.array([regression_target(r["label"], self.meta["label_range"]) for r in rows]
-                            if self.meta["regression"] else [label_id[r["label"]] for r in rows])
-            for metric, value, low, high in self.score(gold, logits):
-                results.append((split, len(rows), metric, value, low, high, ""))
+                            if self.meta["regression"] else [self.classes.index(r["label"]) for r in rows])
+            results += self.split_results(split, rows, gold, logits)
         return results, speed(run, texts, self.cfg, "sentences/s", examples / seconds, timed_as)
 
 
@@ -228,23 +235,19 @@ class TranslationEval:
         n = cfg.max_test_sentences
         self.sources = read_lines(self.data / f"test.raw.{translation.source}")[:n]
         self.references = read_lines(self.data / f"test.raw.{translation.target}")[:n]
-        self.model = self.fairseq_task = self.constant = None
+        self.model, self.fairseq_task, self.constants, self.predicted = None, None, {}, []
 
     def constant_score(self, split: str, metric: str):
-        """BLEU of the best input-ignoring translation: one sentence, output for every source, chosen
-        as the best among the first CONSTANT_CANDIDATES references (they share the test set's words)."""
-        if self.constant is None:
-            from sacrebleu.metrics import BLEU
-            self.constant = max(BLEU().corpus_score([c] * len(self.references), [self.references]).score
-                                for c in self.references[:CONSTANT_CANDIDATES])
-        return self.constant
+        """BLEU or chrF of the best input-ignoring translation (lib.metrics.constant_translation), computed once."""
+        if metric not in self.constants:
+            self.constants[metric] = constant_translation(self.references, metric, CONSTANT_CANDIDATES)
+        return self.constants[metric]
 
-    def bleu(self, hypotheses: list[str]):
-        from sacrebleu.metrics import BLEU
-        bleu = BLEU()
-        score = bleu.corpus_score(hypotheses, [self.references], n_bootstrap=self.cfg.bootstrap)
-        return [("test", len(hypotheses), "bleu", score.score, score._mean - score._ci, score._mean + score._ci,
-                 bleu.get_signature().format())]
+    def scores(self, hypotheses: list[str]):
+        """BLEU's and chrF's result rows; keeps the translations in self.predicted."""
+        self.predicted = translation_predictions(self.sources, self.references, hypotheses)
+        return [("test", len(hypotheses), *score) for score in
+                translation_scores(hypotheses, self.references, self.cfg.bootstrap)]
 
     def fairseq(self, variant: Path, described: dict):
         from fairseq import checkpoint_utils
@@ -257,7 +260,7 @@ class TranslationEval:
             self.fairseq_task.load_dataset("test")
         self.model.load_state_dict(checkpoint["model"])
         dataset = self.fairseq_task.dataset("test")
-        generator = self.fairseq_task.build_generator([self.model], argparse_beam(self.cfg.beam))
+        generator = self.fairseq_task.build_generator([self.model], generation_args(self.cfg.beam))
         tgt_dict = self.fairseq_task.target_dictionary
         sources = [dataset[i]["source"] for i in range(len(self.sources))]
 
@@ -272,9 +275,9 @@ class TranslationEval:
             return [tgt_dict.string(hypos[0]["tokens"], "sentencepiece") for hypos in out]
 
         if variant.name != DENSE:  # timed: the deployment format only
-            return self.bleu(by_length(run, sources, len, self.cfg.batch_size)), None
+            return self.scores(by_length(run, sources, len, self.cfg.batch_size)), None
         hypotheses, rate = scoring_pass(run, sources, len, self.cfg.batch_size)
-        return self.bleu(hypotheses), speed(run, sources, self.cfg, "sentences/s", rate)
+        return self.scores(hypotheses), speed(run, sources, self.cfg, "sentences/s", rate)
 
     def onnx(self, variant: Path, timed_as):
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
@@ -287,12 +290,7 @@ class TranslationEval:
             return translate(model, sp, batch, self.cfg.beam)
 
         hypotheses, rate = scoring_pass(run, self.sources, len, self.cfg.batch_size)
-        return self.bleu(hypotheses), speed(run, self.sources, self.cfg, "sentences/s", rate, timed_as)
-
-
-def argparse_beam(beam: int):
-    import argparse
-    return argparse.Namespace(beam=beam, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B, min_len=1)
+        return self.scores(hypotheses), speed(run, self.sources, self.cfg, "sentences/s", rate, timed_as)
 
 
 if __name__ == "__main__":

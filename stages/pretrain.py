@@ -7,6 +7,7 @@ An interrupted run resumes from models/.work/pretrain/<size>/ on the next `dvc r
 
 Usage: python -m stages.pretrain SIZE
 """
+import json
 from pathlib import Path
 
 from lib.devices import launch_data_parallel
@@ -15,6 +16,16 @@ from lib.model_size import non_embedding_params
 from lib.params import load_params, size_arg
 from lib.recipes import pretrain_args
 from lib.stage import run_stage
+
+UNIGRAM = Path("data/bin/mlm/unigram.json")  # prepare_mlm's baseline: bits per valid token of a unigram
+
+
+def below_unigram(last: dict) -> list[str]:
+    """The summary line's comparison of the final valid loss with the unigram baseline."""
+    if not UNIGRAM.exists():
+        return []
+    gap = json.loads(UNIGRAM.read_text())["valid_bits"] - float(last["valid_loss"])
+    return [f"{abs(gap):.2f} {'below' if gap >= 0 else 'above'} unigram"]
 
 
 def main(argv):
@@ -26,7 +37,7 @@ def main(argv):
     args, flops_of_batch = pretrain_args(params, name)
     train_and_export("pretrain", name, Path("models/pretrain") / name, args, flops_of_batch, keep="last",
                      summary={"size": name, **size.model_dump(), "non_embedding_parameters": non_embedding_params(size),
-                              "budget": params.pretrain.recipe.budget.model_dump()})
+                              "budget": params.pretrain.recipe.budget.model_dump()}, more_facts=below_unigram)
 
 
 if __name__ == "__main__":

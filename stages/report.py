@@ -4,7 +4,8 @@ Reads the learning curves (reports/curves/), each trained size's summary.json (m
 models/mt/<size>/: precision and hardware), the unigram baseline of the masked-LM valid set
 (data/bin/mlm/unigram.json) and every evaluated variant (reports/variants.csv; rows with init "random"
 are the pretraining control, used only in its own section). Writes reports/figures/*.png and *.svg
-(seaborn) and reports/report.md. The verdicts and the recommendation are lib/verdicts.py's.
+(seaborn) and reports/report.md. The verdicts and the recommendation are lib/verdicts.py's; the examples where
+a recommended variant and its dense model disagree come from reports/predictions/ (lib/predictions.py).
 
 Usage: python -m stages.report
 """
@@ -14,14 +15,16 @@ import matplotlib.ticker as ticker
 import numpy as np
 import pandas as pd
 
+from lib.calibration import with_plan_note
 from lib.environment import environment
 from lib.errors import StageError, log
 from lib.figures import FIGURES, colors_of, figure_legend, log_axis, plt, save, sns, table
 from lib.params import load_params
+from lib.predictions import disagreement_table
 from lib.results import last_points, read_curves, read_unigram, read_variants
 from lib.stage import run_stage
-from lib.variants import FAIRSEQ_FP32, HEADLINE_SPLITS, SIMULATED, headline_metrics
-from lib.verdicts import (recommendation, size_order, sweeps, verdict_equal_size, verdict_pretraining,
+from lib.variants import DENSE, FAIRSEQ_FP32, HEADLINE_SPLITS, SIMULATED, headline_metrics, model_name
+from lib.verdicts import (recommendation, recommended, size_order, sweeps, verdict_equal_size, verdict_pretraining,
                           verdict_robustness, verdict_updates, verdict_wallclock)
 
 
@@ -52,11 +55,12 @@ def main(argv):
     sections.append(figure_frontier(main_rows))
     sections.append(figure_latency(main_rows))
     sections.append(pretraining_control(main_rows, control))
-    verdicts = [verdict_wallclock(mlm, cfg.loss_tolerance), verdict_updates(mlm),
+    verdicts = [with_plan_note(verdict_wallclock(mlm, cfg.loss_tolerance)), verdict_updates(mlm),
                 verdict_robustness(main_rows), verdict_equal_size(main_rows)]
     sections.append("## Verdicts\n\n| claim | verdict | evidence |\n|---|---|---|\n" +
                     "\n".join(f"| {c} | **{v}** | {e} |" for c, v, e in verdicts))
     sections.append(recommendation(main_rows, cfg))
+    sections.append(disagreement_examples(main_rows, cfg))
     Path("reports/report.md").write_text("# Train large, then compress: report\n\n" + "\n\n".join(sections) + "\n")
     log(f"wrote reports/report.md and {len(list(FIGURES.glob('*.png')))} figures in {FIGURES}")
 
@@ -269,6 +273,17 @@ def pretraining_control(rows: pd.DataFrame, control: pd.DataFrame) -> str:
     return title + ("The control sizes were fine-tuned from random initialisation under the same budget and "
                     "evaluated dense (fairseq fp32) on the same split. One side is better only if each score "
                     "lies outside the other's 95% interval.\n\n" + "\n".join(lines))
+
+
+def disagreement_examples(rows: pd.DataFrame, cfg) -> str:
+    """For each task's recommended variant, a few examples where it and its dense model predict differently."""
+    parts, picks = ["## Where the recommended variant and its dense model disagree"], recommended(rows, cfg)
+    for task in sorted(rows.task.unique()):
+        best = picks.get(task)
+        parts.append(f"**{task}**: " + ("no variant is recommended (see the Recommendation)." if best is None else
+                                        "the recommendation is the dense model itself." if best.variant == DENSE else
+                                        disagreement_table(model_name(best["size"], task), best.variant, DENSE)))
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,7 @@ def tiny_training(p, pretrain_updates=12, finetune_updates=60, mt_updates=12):
     p["models"] = {"mlm": TINY, "mt": TINY}
     p["training"].update(device="cpu", threads=1)
     p["pretrain"]["sizes"] = p["train_mt"]["sizes"] = ["T1", "T2"]
+    p["plan"].update(mlm_sizes=["T1", "T2"], mt_sizes=["T1", "T2"])
     p["finetune"]["random_init_sizes"] = []
     p["pretrain"]["recipe"].update(budget={"seconds": None, "updates": pretrain_updates}, tokens_per_sample=32,
                                    max_tokens=256, warmup_updates=2, lr=0.002, validate_every=4, valid_batches=2)

@@ -47,14 +47,19 @@ def declared_code(stage: dict) -> set[str]:
     return {d for d in stage.get("deps", []) if isinstance(d, str) and d.endswith(".py")}
 
 
+PIPELINES = ["dvc.yaml", "plan/dvc.yaml"]  # the pipeline, and the size planner's (run in the root: wdir ..)
+
+
 def pipeline_stages() -> dict:
-    """dvc.yaml's stages, each {module, deps} (foreach/matrix bodies taken as they are written)."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    """The stages of every pipeline file, each {module, deps} (foreach/matrix bodies taken as they are
+    written), named as DVC names them."""
     result = {}
-    for name, stage in stages.items():
-        body = stage.get("do", stage)
-        module = re.match(r"python -m (stages\.\w+)", body["cmd"]).group(1)
-        result[name] = {"module": module, "deps": body.get("deps", [])}
+    for pipeline in PIPELINES:
+        for name, stage in yaml.safe_load((REPO / pipeline).read_text())["stages"].items():
+            body = stage.get("do", stage)
+            module = re.match(r"python -m (stages\.\w+)", body["cmd"]).group(1)
+            result[name if pipeline == "dvc.yaml" else f"{pipeline}:{name}"] = {"module": module,
+                                                                                "deps": body.get("deps", [])}
     return result
 
 

@@ -1,15 +1,18 @@
 """Evaluation sanity on tiny trained models: a separable task scores near 100% and its 90%-pruned copy
-lower; the CSV has a row with a value for every variant; broken ONNX files are named."""
+lower; the CSV has a row with a value for every variant; every variant's predictions are kept, one row per
+example; translation gets BLEU and chrF; broken ONNX files are named."""
 import csv
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sacrebleu.metrics import BLEU
+from sacrebleu.metrics import BLEU, CHRF
 
 from conftest import set_params
 from lib import metrics
+from lib.predictions import glue_predictions, read_predictions, write_predictions
 from stages import compress, evaluate
 from lib.errors import StageError
 
@@ -25,6 +28,7 @@ def configure(p, onnx_sparsities=()):
                      "recovery": {"seconds": None, "updates": None}}
     p["evaluate"].update(threads=1, repeats=2, latency_examples=4, batch_size=8, bootstrap=200, beam=2,
                          max_test_sentences=12)
+    p["datasets"]["sst2"]["label_names"] = ["negative", "positive"]  # as the real catalog names SST-2's labels
 
 
 def test_separable_task_scores_high_and_pruning_90_percent_costs_accuracy(in_trained_project):
@@ -52,6 +56,20 @@ def test_separable_task_scores_high_and_pruning_90_percent_costs_accuracy(in_tra
     assert float(dense["constant_score"]) == pytest.approx(100 * max(frequencies), abs=1e-3)
     assert float(dense_loss["constant_score"]) == pytest.approx(-sum(f * math.log(f) for f in frequencies), abs=1e-3)
     assert float(dense["ci_low"]) > float(dense["constant_score"])  # this model learned the task
+    # every variant's prediction for each of the 30 examples is kept, in the catalog's label names
+    kept = Path("reports/predictions/T1-sst2")
+    assert sorted(f.stem for f in kept.glob("*.tsv")) == sorted({v for v, _ in rows})
+    sentences = [line.rsplit("\t", 1)[0] for line in Path("data/bin/glue/sst2/dev.tsv").read_text().splitlines()[1:31]]
+    names = {"0": "negative", "1": "positive"}
+    for path in kept.glob("*.tsv"):
+        predicted = read_predictions(path)
+        assert [(r["split"], int(r["index"]), r["sentence1"]) for r in predicted] == \
+            [("dev", i, s) for i, s in enumerate(sentences)], path
+        assert [r["gold"] for r in predicted] == [names[label] for label in labels]
+        assert {r["predicted"] for r in predicted} <= {"negative", "positive"}
+        assert all(0.5 <= float(r["probability"]) <= 1 for r in predicted)  # the larger of two probabilities
+        accuracy = 100 * np.mean([r["gold"] == r["predicted"] for r in predicted])
+        assert accuracy == pytest.approx(float(rows[path.stem, "accuracy"]["value"]), abs=1e-3), path
 
 
 def test_f1_and_mcc_score_the_positive_class_whatever_its_output_index():
@@ -77,13 +95,28 @@ def test_translation_variants_get_bleu_with_its_signature(in_trained_project):
     compress.main(["mt", "T1"])
     evaluate.main(["mt", "T1"])
     rows = read_rows("reports/eval/mt-T1.csv")
-    assert len(rows) == 9 and all(r["metric"] == "bleu" and r["value"] != "" for r in rows)
+    assert len(rows) == 18 and all(r["value"] != "" for r in rows)
+    assert [r["metric"] for r in rows] == ["bleu", "chrf"] * 9  # BLEU first: the headline
+    bleu, chrf = [r for r in rows if r["metric"] == "bleu"], [r for r in rows if r["metric"] == "chrf"]
     # the best input-ignoring translation: one of the references, output for every source
     references = Path("data/bin/mt/test.raw.fr").read_text().splitlines()[:12]
-    constant = max(BLEU().corpus_score([c] * 12, [references]).score for c in references)
-    assert all(float(r["constant_score"]) == pytest.approx(constant, abs=1e-3) for r in rows)
-    assert all("nrefs:1" in r["details"] and "tok:13a" in r["details"] for r in rows)
+    sources = Path("data/bin/mt/test.raw.en").read_text().splitlines()[:12]
+    for scored, metric in ((bleu, BLEU()), (chrf, CHRF())):
+        constant = max(metric.corpus_score([c] * 12, [references]).score for c in references)
+        assert all(float(r["constant_score"]) == pytest.approx(constant, abs=1e-3) for r in scored)
+        assert all(float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) for r in scored)
+    assert all("nrefs:1" in r["details"] and "tok:13a" in r["details"] for r in bleu)
+    assert all("nrefs:1" in r["details"] and "nc:6" in r["details"] for r in chrf)  # chrF's signature
     assert {r["examples"] for r in rows} == {"12"}
+    # each variant's translations are kept: the very hypotheses its scores were computed on
+    for r in bleu:
+        kept = read_predictions(Path("reports/predictions/mt-T1") / f"{r['variant']}.tsv")
+        assert [(int(k["index"]), k["source"], k["reference"]) for k in kept] == \
+            list(zip(range(12), sources, references))
+        hypotheses = [k["hypothesis"] for k in kept]
+        assert BLEU().corpus_score(hypotheses, [references]).score == pytest.approx(float(r["value"]), abs=1e-3)
+        chrf_row = next(c for c in chrf if c["variant"] == r["variant"])
+        assert CHRF().corpus_score(hypotheses, [references]).score == pytest.approx(float(chrf_row["value"]), abs=1e-3)
 
 
 def test_missing_compressed_model_says_which_stage_to_run(in_trained_project):
@@ -122,7 +155,7 @@ def test_translation_model_scores_high_bleu_on_its_own_training_pairs(tiny_proje
     train_mt.main(["T2"])
     compress.main(["mt", "T2"])
     evaluate.main(["mt", "T2"])
-    rows = {r["variant"]: r for r in read_rows("reports/eval/mt-T2.csv")}
+    rows = {r["variant"]: r for r in read_rows("reports/eval/mt-T2.csv") if r["metric"] == "bleu"}
     assert float(rows["s0.00-fp32"]["value"]) > 60, rows["s0.00-fp32"]
     assert float(rows["s0.00-fp32"]["ci_low"]) > float(rows["s0.00-fp32"]["constant_score"])
     assert int(rows["s0.00-fp32"]["examples"]) == 40
@@ -142,6 +175,46 @@ def test_pruned_onnx_models_have_their_own_throughput_and_their_format_s_dense_l
         assert f"latency timed on onnx-s0.00-{fmt}" in pruned["details"]
         assert float(pruned["throughput"]) > 0 and float(dense["throughput"]) > 0
     assert float(rows["s0.00-fp32"]["throughput"]) > 0 and rows["s0.90-fp32"]["throughput"] == ""
+    # the exported classifiers name their outputs by the catalog's label_names; their predictions are kept too
+    config = json.loads(Path("models/compressed/T1-sst2/onnx-s0.00-fp32/config.json").read_text())
+    assert set(config["id2label"].values()) == {"negative", "positive"}
+    assert {v: int(k) for k, v in config["id2label"].items()} == config["label2id"]
+    fairseq_predicted = [r["predicted"] for r in read_predictions(Path("reports/predictions/T1-sst2/s0.00-fp32.tsv"))]
+    for variant in rows:
+        predicted = read_predictions(Path(f"reports/predictions/T1-sst2/{variant}.tsv"))
+        assert len(predicted) == int(rows[variant]["examples"]) and {r["predicted"] for r in predicted} <= \
+            {"negative", "positive"}
+    onnx_predicted = [r["predicted"] for r in read_predictions(Path("reports/predictions/T1-sst2/onnx-s0.00-fp32.tsv"))]
+    # the same model in two runtimes
+    assert sum(a == b for a, b in zip(fairseq_predicted, onnx_predicted)) >= len(onnx_predicted) - 2
+
+
+def test_onnx_classes_named_otherwise_than_the_catalog_are_refused(in_trained_project):
+    def edit(p):
+        configure(p, onnx_sparsities=[0.0])
+        p["compress"].update(sparsities=[0.0], bits=[8])
+    set_params(in_trained_project, edit)
+    compress.main(["glue", "T1", "sst2"])
+    set_params(in_trained_project, lambda p: p["datasets"]["sst2"].update(label_names=["bad", "good"]))
+    try:
+        with pytest.raises(StageError, match="export it again"):
+            evaluate.main(["glue", "T1", "sst2"])
+    finally:  # the trained project is shared by the session's tests
+        set_params(in_trained_project, lambda p: p["datasets"]["sst2"].pop("label_names"))
+
+
+def test_predictions_files_quote_tabs_and_quotes_and_scale_regression_back(tmp_path):
+    rows = [{"sentence1": 'a "quoted"\ttab', "label": "4.5"}, {"sentence1": "plain", "label": "0"}]
+    meta = {"regression": True, "label_range": [0, 5]}
+    predicted = glue_predictions("dev", rows, np.array([[0.9], [0.1]]), [], {}, meta)
+    write_predictions(tmp_path / "v.tsv", predicted)
+    back = read_predictions(tmp_path / "v.tsv")
+    assert [r["sentence1"] for r in back] == ['a "quoted"\ttab', "plain"]
+    assert [float(r["predicted"]) for r in back] == [4.5, 0.5] and [r["gold"] for r in back] == ["4.5", "0"]
+    assert [r["probability"] for r in back] == ["", ""]
+    classified = glue_predictions("dev", rows[:1], np.array([[0.0, np.log(3)]]), ["1", "0"], {"0": "no"},
+                                  {"regression": False})
+    assert classified[0]["predicted"] == "no" and classified[0]["probability"] == "0.7500"
 
 
 def test_corrupted_onnx_file_gives_an_error_naming_it(in_trained_project):

@@ -30,7 +30,7 @@ def readme_dataset(directory: Path) -> dict:
     for split, n in (("train", 40), ("dev", 16)):
         rows = [f"a {'fine' if i % 2 else 'dull'} film, take {i}\t{'good' if i % 2 else 'bad'}" for i in range(n)]
         (directory / f"{split}.tsv").write_text("text\trating\n" + "\n".join(rows) + "\n")
-    section = (REPO / "README.md").read_text().split("### Adding a dataset of your own", 1)[1]
+    section = (REPO / "docs" / "your-own-data.md").read_text().split("### Adding a dataset of your own", 1)[1]
     entry = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     entry = entry.replace("/home/me/reviews", str(directory))
     for name in ("train.tsv", "dev.tsv"):
@@ -98,3 +98,11 @@ def test_every_task_is_scored_by_its_own_metrics_in_every_format(every_task, tas
     meta = json.loads((every_task / "data/bin/glue" / task / "meta.json").read_text())
     assert meta["examples"] == {"train": 32, "dev": 16} and set(meta["unk_rate"]) == {"train", "dev"}
     assert f"**{task}**" in (every_task / "reports/report.md").read_text()  # the recommendation names it
+    # every variant's predictions, one row per dev example, in the catalog's label names where it gives them
+    entry = yaml.safe_load((every_task / "datasets.yaml").read_text())["datasets"][task]
+    for variant in {r["variant"] for r in rows}:
+        with open(every_task / "reports/predictions" / f"T1-{task}" / f"{variant}.tsv", newline="") as f:
+            predicted = list(csv.DictReader(f, delimiter="\t"))
+        assert len(predicted) == 16, variant
+        if not regression:
+            assert {r["predicted"] for r in predicted} <= set(entry.get("label_names") or entry["labels"]), variant

@@ -253,3 +253,20 @@ def test_other_checkpoints_are_refused(in_trained_project, tmp_path):
     with pytest.raises(StageError, match="not shared"):
         save_transformers_translator(unshared, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_deployment_directories_load_without_optimum_file_name_warnings(in_trained_project, converted, caplog):
+    """The int8 and int4 translators keep optimum's standard file names, so neither lib.inference.load_onnx
+    nor the documented snippet (from_pretrained(dir, use_merged=False)) makes optimum warn that it found none."""
+    import logging
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+    from lib.inference import load_onnx
+    with caplog.at_level(logging.WARNING):  # the control: without use_merged=False optimum looks for a merged decoder
+        ORTModelForSeq2SeqLM.from_pretrained(converted / "T1-int8")
+    assert "Could not find any ONNX files with standard file name decoder_model_merged.onnx" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for d in ("T1-fp32", "T1-int8", "T1-int4"):
+            assert Path(load_onnx(ORTModelForSeq2SeqLM, converted / d, 1).encoder.session._model_path).parent.name == d
+            ORTModelForSeq2SeqLM.from_pretrained(converted / d, use_merged=False)
+    assert "Could not find any ONNX files" not in caplog.text, caplog.text

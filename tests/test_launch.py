@@ -214,7 +214,7 @@ def test_a_killed_job_resumes_where_it_stopped_and_ends_within_its_budget(worksp
 
 @pytest.mark.skipif(not os.environ.get("LAUNCH_WALL_TIME"), reason="a measurement (minutes): LAUNCH_WALL_TIME=1")
 def test_wall_time_of_the_tiny_grid_sequential_and_with_two_slots(built, tmp_path, monkeypatch):
-    """The figure in README: the tiny grid end to end (data already cached), by `dvc repro` alone, and by
+    """The figure in docs/gpus-and-slurm.md: the tiny grid end to end (data already cached), by `dvc repro` alone, and by
     the launcher with one and with two slots followed by the final `dvc repro`."""
     times = {}
     for how in ("dvc repro", "-j 1", "-j 2"):

@@ -125,6 +125,9 @@ def test_recovery_takes_seconds_or_updates_not_both(tmp_path):
      "metrics ['accuracy'] do not score a regression task; choose from ['pearson', 'spearman']"),
     ("stsb", lambda d: d.pop("label_range"), "a regression task needs label_range"),
     ("stsb", lambda d: d.update(label_range=[5, 0]), "label_range [5.0, 0.0]: needs two finite numbers, lowest first"),
+    ("sst2", lambda d: d.update(label_names=["negative"]), "label_names ['negative']: one distinct name for each"),
+    ("sst2", lambda d: d.update(label_names=["same", "same"]), "label_names ['same', 'same']: one distinct name"),
+    ("stsb", lambda d: d.update(label_names=["low", "high"]), "label_names are for classification tasks"),
 ])
 def test_a_glue_task_declares_metrics_and_labels_that_fit_together(tmp_path, task, edit, message):
     msg = invalid(tmp_path, lambda p: edit(p["datasets"][task]))

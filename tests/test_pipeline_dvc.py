@@ -193,6 +193,18 @@ def test_a_failed_dvc_exp_run_says_how_to_get_params_yaml_back(fetched, tmp_path
     assert result.returncode != 0
     assert "pretrain.sizes.1: 'L9-H999' is not a size in models" in result.stderr, result.stderr
     assert "`git checkout params.yaml` brings back the committed ones" in result.stderr, result.stderr
+    assert "warnings before this stage name outputs of stages that have never run" in result.stderr, result.stderr
     assert run("git", "status", "--porcelain", "params.yaml").stdout.strip() == "M params.yaml"
     run("git", "checkout", "params.yaml")
     assert run("git", "status", "--porcelain", "params.yaml").stdout == ""
+
+
+def test_a_failed_dvc_exp_run_temp_leaves_the_workspace_and_gives_no_restore_hint(fetched, tmp_path, monkeypatch):
+    enter_copy(fetched, tmp_path, monkeypatch)
+    result = run("dvc", "exp", "run", "--temp", "-S", "pretrain.sizes=[L2-H256,L9-H999]", "fetch_glue@sst2",
+                 check=False)
+    assert result.returncode != 0
+    assert "pretrain.sizes.1: 'L9-H999' is not a size in models" in result.stderr, result.stderr
+    assert "git checkout params.yaml" not in result.stderr and "dvc checkout" not in result.stderr, result.stderr
+    assert run("git", "status", "--porcelain").stdout == ""
+    assert Path("data/raw/sst2").is_dir()

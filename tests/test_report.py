@@ -30,6 +30,7 @@ def configure(p):
                      "recovery": {"seconds": None, "updates": None}}
     p["evaluate"].update(threads=1, repeats=2, latency_examples=4, batch_size=8, bootstrap=200, beam=2,
                          max_test_sentences=12)
+    p["datasets"]["sst2"]["label_names"] = ["negative", "positive"]
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,40 @@ def test_report_has_every_figure_table_and_verdict(reported, monkeypatch):
     assert metrics["pretrain"]["unigram_bits"] == unigram and set(metrics["pretrain"]) == {"unigram_bits", "T1", "T2"}
     assert all(metrics["pretrain"][s]["valid_loss_bits"] > 0 for s in ("T1", "T2"))
     assert {"accuracy_fp32", "accuracy_onnx_int8", "latency_ms_onnx_int8"} <= set(metrics["sst2"]["T1"])
+    # the recommended variants beside their dense models, from the predictions files
+    examples = text[text.index("## Where the recommended variant and its dense model disagree"):]
+    for task in ("sst2", "translation"):
+        assert re.search(rf"\*\*{task}\*\*: (the recommendation is the dense model itself|no variant is recommended"
+                         rf"|\S+ \S+ against s0\.00-fp32: they differ on \d+ of (30|12) examples)", examples), \
+            (task, examples)
+    assert "**sst2**: T1-sst2 " in examples  # the tiny sst2 models learned the task: one is recommended
+
+
+def test_disagreements_are_read_from_the_predictions_files(tmp_path, monkeypatch):
+    from lib.predictions import disagreement_table, translation_predictions, write_predictions
+    monkeypatch.chdir(tmp_path)
+    kept = Path("reports/predictions/L2-sst2")
+    kept.mkdir(parents=True)
+    dense = [{"split": "dev", "index": i, "sentence1": f"s|{i}", "gold": "positive", "predicted": "positive",
+              "probability": "0.9000"} for i in range(8)]
+    variant = [dict(r, predicted="negative", probability="0.6000") if r["index"] in (2, 5, 7) else r for r in dense]
+    write_predictions(kept / "s0.00-fp32.tsv", dense)
+    write_predictions(kept / "onnx-s0.50-int8.tsv", variant)
+    table = disagreement_table("L2-sst2", "onnx-s0.50-int8", "s0.00-fp32", n=2)
+    assert "they differ on 3 of 8 examples" in table
+    assert "| dev 2 | s\\|2 | positive | positive (0.90) | negative (0.60) |" in table  # the first two, in order
+    assert "| dev 5 |" in table and "| dev 7 |" not in table
+    kept = Path("reports/predictions/mt-L2")
+    kept.mkdir(parents=True)
+    sources, references = ["a", "b", "c"], ["le chat", "un chien noir", "la maison"]
+    write_predictions(kept / "s0.00-fp32.tsv", translation_predictions(sources, references, references))
+    write_predictions(kept / "onnx-s0.00-int4.tsv",
+                      translation_predictions(sources, references, ["le chat", "un chien", "xyz"]))
+    table = disagreement_table("mt-L2", "onnx-s0.00-int4", "s0.00-fp32")
+    assert "they differ on 2 of 3 examples" in table
+    # the largest chrF difference first: "xyz" for "la maison", then "un chien"
+    assert table.index("| c | la maison | la maison | xyz |") < table.index("| b | un chien noir |")
+    assert "missing" in disagreement_table("mt-L2", "onnx-s0.00-int8", "s0.00-fp32")
 
 
 def test_check_passes_on_its_baseline_and_fails_on_a_degraded_metric(reported, capsys):

@@ -1,0 +1,111 @@
+"""Calibration runs of the size planner (issue 35): where they are written, the budget they train under,
+and their end points (with the full-budget runs' where those exist) as the fit in lib/scaling.py reads them.
+
+A calibration run is a training stage's run (pretrain, train_mt) of one size under a fraction of its recipe's
+budget: the linear schedule ends with that shorter budget, so its last curve point is a proper end point.
+Files: reports/calibration/<stage>-<size>-<fraction>.csv (the curve) and .json (what ran where)."""
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from lib.errors import StageError
+from lib.model_size import model_non_embedding_params
+
+CALIBRATION = Path("reports/calibration")
+CURVES = Path("reports/curves")          # the full-budget runs' curves (stages pretrain, train_mt)
+PLAN_JSON = Path("reports/plan.json")
+# task -> (its training stage, its grid: models.<grid> and plan.<grid>_sizes, title)
+TASKS = {"mlm": ("pretrain", "mlm", "Masked LM"), "mt": ("train_mt", "mt", "Translation")}
+
+
+def candidates(params, task: str) -> list:
+    """The sizes the plan calibrates for `task`: plan.mlm_sizes or plan.mt_sizes."""
+    return getattr(params.plan, f"{TASKS[task][1]}_sizes")
+
+
+def fraction_name(fraction: float) -> str:
+    """A fraction as DVC writes it into a stage's command and output names (str of the float)."""
+    return str(float(fraction))
+
+
+def calibration_files(stage: str, name: str, fraction: float) -> tuple:
+    stem = f"{stage}-{name}-{fraction_name(fraction)}"
+    return CALIBRATION / f"{stem}.csv", CALIBRATION / f"{stem}.json"
+
+
+def budget_unit(budget) -> tuple:
+    """(unit, amount): "seconds" or "updates", whichever the budget sets."""
+    return ("seconds", budget.seconds) if budget.seconds is not None else ("updates", budget.updates)
+
+
+def scaled_params(params, stage: str, fraction: float):
+    """params with `stage`'s recipe budget scaled by `fraction` (updates rounded, at least 1)."""
+    section = getattr(params, stage)
+    budget = section.recipe.budget
+    scaled = budget.model_copy(update={"seconds": budget.seconds * fraction} if budget.seconds is not None
+                               else {"updates": max(1, round(budget.updates * fraction))})
+    recipe = section.recipe.model_copy(update={"budget": scaled})
+    return params.model_copy(update={stage: section.model_copy(update={"recipe": recipe})})
+
+
+def end_point(curve: Path) -> dict:
+    """The last row of a learning curve: where the run's schedule ended."""
+    rows = pd.read_csv(curve)
+    if rows.empty:
+        raise StageError(f"{curve}: no curve points")
+    return rows.sort_values("updates").iloc[-1].to_dict()
+
+
+def end_points(params, task: str) -> pd.DataFrame:
+    """One row per run of `task`'s candidate sizes: the calibration runs of every plan.fractions (all required) and the
+    full-budget runs whose curves exist (source "full"), with N, tokens, the budget unit's amount and loss."""
+    stage, grid, _ = TASKS[task]
+    section = getattr(params, stage)
+    unit, _ = budget_unit(section.recipe.budget)
+    rows = []
+    for name in candidates(params, task):
+        n = model_non_embedding_params(getattr(params.models, grid)[name], grid)
+        runs = [(calibration_files(stage, name, f)[0], "calibration", f) for f in params.plan.fractions]
+        full = CURVES / f"{stage}-{name}.csv"
+        runs += [(full, "full", 1.0)] if full.exists() else []
+        for path, source, fraction in runs:
+            if not path.exists():
+                raise StageError(f"{path}: missing (run `dvc repro plan/dvc.yaml`, or `make plan`)")
+            last = end_point(path)
+            rows.append({"size": name, "source": source, "fraction": fraction, "parameters": n,
+                         "tokens": float(last["tokens"]), "budget": float(last[unit]),
+                         "loss": float(last["valid_loss"])})
+    return pd.DataFrame(rows)
+
+
+def with_plan_note(verdict: tuple, path: Path = PLAN_JSON) -> tuple:
+    """Claim (a)'s (claim, verdict, evidence) with the plan's crossovers added to the evidence, where a plan
+    was made (`make plan`; the report does not require one, so it does not rerun when the plan changes)."""
+    claim, outcome, evidence = verdict
+    return claim, outcome, evidence + claim_a_note(path)
+
+
+def claim_a_note(path: Path = PLAN_JSON) -> str:
+    """A sentence for claim (a)'s verdict from the plan (reports/plan.json) where one was made, else ''."""
+    if not path.exists():
+        return ""
+    mlm = json.loads(path.read_text()).get("mlm")
+    if not mlm:
+        return ""
+    parts = []
+    for pair in mlm["crossovers"]:
+        found, (lo, hi) = pair["budget"], pair["interval"]
+        parts.append(f"{pair['large']} over {pair['small']} " + (
+            f"{'from' if pair['larger_better'] == 'above' else 'until'} {found:.3g} {mlm['unit']}"
+            + (f" (95% interval {lo:.3g}-{hi:.3g})" if lo is not None else "") if found is not None else
+            f"{pair['larger_better']} within {mlm['range'][0]:.3g}-{mlm['range'][1]:.3g} {mlm['unit']}"))
+    if not parts:
+        return ""
+    sides, unit, (lo, hi) = {p["larger_better"] for p in mlm["crossovers"]}, mlm["unit"], mlm["range"]
+    summary = (f"claim (a) would start to hold here at {max(p['budget'] for p in mlm['crossovers']):.3g} {unit}"
+               if sides <= {"above", "throughout"} and "above" in sides else
+               f"claim (a) would hold at every budget in {lo:.3g}-{hi:.3g} {unit}" if sides == {"throughout"} else
+               f"claim (a) would not hold at any budget in {lo:.3g}-{hi:.3g} {unit}")
+    return (f". The size plan (reports/plan.md, a scaling law fitted to calibration runs) predicts: {summary} "
+            "(each larger size of a sweep ahead of the next smaller: " + "; ".join(parts) + ")")
