@@ -103,7 +103,7 @@ def claim_a_note(path: Path = PLAN_JSON) -> str:
     if not parts:
         return ""
     sides, unit, (lo, hi) = {p["larger_better"] for p in mlm["crossovers"]}, mlm["unit"], mlm["range"]
-    summary = (f"claim (a) would start to hold here at {max(p['budget'] for p in mlm['crossovers']):.3g} {unit}"
+    summary = (f"claim (a) would start to hold here at {max(p['budget'] for p in mlm['crossovers'] if p['budget'] is not None):.3g} {unit}"
                if sides <= {"above", "throughout"} and "above" in sides else
                f"claim (a) would hold at every budget in {lo:.3g}-{hi:.3g} {unit}" if sides == {"throughout"} else
                f"claim (a) would not hold at any budget in {lo:.3g}-{hi:.3g} {unit}")

@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 
 import sentencepiece as spm
-from fairseq.data import Dictionary
 
 from lib.binarize import binarize_columns
 from lib.errors import log
@@ -56,6 +55,7 @@ def main(argv):
     out_final = Path("data/bin/glue") / task
     log(f"encoding {task}: {available} rows checked")
     with atomic_dir(out_final) as out, scratch_dir(out_final) as tmp:
+        from fairseq.data import Dictionary  # here: importing fairseq logs, and run_stage has set up logging
         dictionary = Dictionary.load(str(MLM / "dict.txt"))
         for i in range(len(inputs)):
             (out / f"input{i}").mkdir()

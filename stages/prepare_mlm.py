@@ -12,7 +12,6 @@ and never held in memory; the unigram counts are taken while binarizing.
 from pathlib import Path
 
 import numpy as np
-from fairseq.data import Dictionary
 
 from lib.binarize import binarize_columns
 from lib.errors import DataError, log
@@ -44,6 +43,7 @@ def main(argv):
     with atomic_dir(OUT) as out:
         sp = train_sentencepiece(split_lines("train"), out / "spm", cfg.vocab_size, cfg.model_type,
                                  cfg.sentencepiece_sample)
+        from fairseq.data import Dictionary  # here: importing fairseq logs, and run_stage has set up logging
         dictionary = Dictionary.load(str(write_fairseq_dict(sp, out / "dict.txt")))
         counts = {}
         for split in SPLITS:

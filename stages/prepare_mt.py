@@ -11,7 +11,6 @@ import itertools
 import shutil
 from pathlib import Path
 
-from fairseq.data import Dictionary
 
 from lib.binarize import binarize_columns
 from lib.errors import DataError, log
@@ -44,6 +43,7 @@ def main(argv):
         joint = (side for pair in pairs("train") for side in pair)
         sp = train_sentencepiece(joint, out / "spm", cfg.vocab_size, cfg.model_type,
                                  cfg.sentencepiece_sample)
+        from fairseq.data import Dictionary  # here: importing fairseq logs, and run_stage has set up logging
         dictionary = Dictionary.load(str(write_fairseq_dict(sp, out / f"dict.{src}.txt")))
         shutil.copy(out / f"dict.{src}.txt", out / f"dict.{tgt}.txt")  # --joined-dictionary
         pieces, counts = {}, {}

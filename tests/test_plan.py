@@ -167,6 +167,17 @@ def test_no_plan_no_note(tmp_path):
     assert with_plan_note(verdict, tmp_path / "plan.json") == verdict
 
 
+def test_the_note_with_one_pair_larger_better_throughout_and_one_from_a_budget(tmp_path):
+    """The committed run's case: the width sweep's larger size ahead at every budget, the depth sweep's from 590 s."""
+    pairs = [{"small": "L4-H128", "large": "L4-H256", "budget": None, "larger_better": "throughout", "interval": [None, None]},
+             {"small": "L2-H256", "large": "L4-H256", "budget": 589.9, "larger_better": "above", "interval": [44.8, 9.65e4]}]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"mlm": {"crossovers": pairs, "unit": "seconds", "range": [10, 1e6]}}))
+    note = claim_a_note(path)
+    assert "claim (a) would start to hold here at 590 seconds" in note, note
+    assert "L4-H256 over L4-H128 throughout within 10-1e+06 seconds" in note, note
+
+
 # ---------------------------------------------------------------- DVC: calibration only when asked
 
 def test_default_repro_leaves_the_calibration_runs_out(tmp_path, monkeypatch):
