@@ -98,7 +98,7 @@ def test_report_has_every_figure_table_and_verdict(reported, monkeypatch):
     examples = text[text.index("## Where the recommended variant and its dense model disagree"):]
     for task in ("sst2", "translation"):
         assert re.search(rf"\*\*{task}\*\*: (the recommendation is the dense model itself|no variant is recommended"
-                         rf"|\S+ \S+ against s0\.00-fp32: they differ on \d+ of (30|12) examples)", examples), \
+                         rf"|\S+ \S+ against s0\.00-fp32: they differ on \d+ of \d+ examples)", examples), \
             (task, examples)
     assert "**sst2**: T1-sst2 " in examples  # the tiny sst2 models learned the task: one is recommended
 
