@@ -3,12 +3,15 @@ in one go on a machine with a GPU, in about 8 minutes (GPU time comes in short s
 
 1. the GPU, driver, torch / CUDA / cuDNN / NCCL versions, and the measured bf16 and fp16 matmul peaks;
 2. a tiny `dvc repro` of the default pipeline at its first sizes, through pretrain, finetune, train_mt,
-   compress (with a few seconds of recovery training, on the GPU too) and evaluate, on CUDA in fp16 and in
+   compress (with a few seconds of recovery training, on the GPU too) and evaluate (the untimed variants
+   scored on the GPU, evaluate.device auto, the timed ones on the CPU: checked per row), on CUDA in fp16 and in
    bf16: two projects, run at the same time, on the tests' synthetic mirror (nothing to download). Every
    learning curve's validation loss must fall, every checkpoint must load on CPU, be fp32 and finite, and
    say that it trained on CUDA in that precision;
 3. `python -m bench --only training` for three sizes of the paper grid at the paper's batch (65536 tokens):
-   tokens/s, MFU against the measured matmul peak, peak GPU memory;
+   tokens/s, MFU against the measured matmul peak, peak GPU memory; then `python -m bench.loader`: the
+   masked-LM and translation loaders' batches/s at the paper's batch shapes with 0, 1 and the `auto` number
+   of loader workers on this machine's cores, against the step rates just measured;
 4. everything to reports/gpu-check.json and a markdown table beside it (reports/gpu-check.md), with each
    step's log (gpu-check-<step>.log); exit status 1 when any check failed.
 
@@ -41,11 +44,11 @@ from bench import report  # noqa: E402
 TARGETS = ["evaluate_glue", "evaluate_mt"]  # and every stage they depend on
 BENCH_SIZES = ["L6-H256", "L12-H768", "L6-H1536"]  # the paper grid's narrowest, base and widest; ~2 minutes
 MODES = {  # what differs between the check on a GPU and its dry run on CPU
-    "gpu": {"runs": ["fp16", "bf16"], "bench_sizes": BENCH_SIZES, "bench_flags": [],
+    "gpu": {"runs": ["fp16", "bf16"], "bench_sizes": BENCH_SIZES, "bench_flags": [], "loader_batches": 40,
             # the tiny corpus 80 times: ~20 batches of 65536 tokens, so the timed updates are not all epoch starts
             # the pipelines are stopped at 5 minutes, the benchmark when the whole check reaches 8
             "corpus_copies": 80, "pipeline_timeout_s": 300, "total_s": 480, "bench_alone": True},
-    "dry-run": {"runs": ["cpu"], "bench_sizes": ["T1", "T2"], "bench_flags": ["--quick"],
+    "dry-run": {"runs": ["cpu"], "bench_sizes": ["T1", "T2"], "bench_flags": ["--quick"], "loader_batches": 3,
                 "corpus_copies": 1, "pipeline_timeout_s": 300, "total_s": 480, "bench_alone": False},
 }
 
@@ -79,7 +82,7 @@ def main(argv=None):
         jobs = {run: start(pipeline_project(work / run, run), TARGETS, env, log_path(args.out, run))
                 for run in mode["runs"]}
         bench_project = benchmark_project(work / "bench", args.dry_run, mode["corpus_copies"])
-        data = finish(start(bench_project, ["prepare_mlm"], env, log_path(args.out, "bench-data")),
+        data = finish(start(bench_project, ["prepare_mlm", "prepare_mt"], env, log_path(args.out, "bench-data")),
                       mode["pipeline_timeout_s"])
         # on a GPU the benchmark runs alone once the pipelines are done; a dry run times nothing, so it runs beside them
         done = {run: finish(job, mode["pipeline_timeout_s"]) for run, job in jobs.items()} if mode["bench_alone"] else {}
@@ -87,6 +90,8 @@ def main(argv=None):
         left = max(60.0, started + mode["total_s"] - 10 - time.time())  # 10 s to inspect and write
         results["benchmark"] = benchmark(bench_project, sizes, mode["bench_flags"], left, env,
                                          log_path(args.out, "bench")) if data["ok"] else {**data, "sizes": sizes}
+        results["loader"] = loaders(bench_project, mode["loader_batches"], env, log_path(args.out, "loader")) \
+            if data["ok"] else data
         done = done or {run: finish(job, mode["pipeline_timeout_s"]) for run, job in jobs.items()}
         results["pipeline"] = {run: {**done[run], **inspect(work / run / "project", run)} for run in mode["runs"]}
     results["failures"] = failures(results)
@@ -169,7 +174,22 @@ def inspect(project: Path, run: str) -> dict:
     paths = [Path("models/pretrain") / size, Path("models/finetune") / f"{size}-{task}", Path("models/mt") / mt]
     checkpoints = [checkpoint(project, path / "checkpoint.pt", run) for path in paths + recovered]
     evaluated = {path.stem: len(read_csv(path)) for path in sorted(project.glob("reports/eval/*.csv"))}
-    return {"curves": curves, "checkpoints": checkpoints, "evaluated_rows": evaluated}
+    devices = {f"{row['model']}/{row['variant']}": row["device"]
+               for path in sorted(project.glob("reports/eval/*.csv")) for row in read_csv(path)}
+    return {"curves": curves, "checkpoints": checkpoints, "evaluated_rows": evaluated,
+            "evaluation_devices": devices, "evaluation_device_errors": device_errors(devices, run)}
+
+
+def device_errors(devices: dict, run: str) -> list:
+    """Rows scored where they should not be: the timed ones (the dense fairseq model, ONNX) on the CPU, every
+    other fairseq variant on the GPU when there is one (evaluate.device auto)."""
+    errors = []
+    for key, device in devices.items():
+        timed = key.endswith("/s0.00-fp32") or "onnx" in key
+        expected = "cpu" if timed or run == "cpu" else "cuda"
+        if not device.startswith(expected):
+            errors.append(f"{key} scored on {device}, expected {expected}")
+    return errors
 
 
 def curve(project: Path, path: Path, must_fall: bool = True) -> dict:
@@ -259,6 +279,23 @@ def benchmark(project: Path, sizes: list, flags: list, timeout_s: float, env: di
     return result
 
 
+def loaders(project: Path, batches: int, env: dict, log: Path) -> dict:
+    """`python -m bench.loader` in the benchmark's project (its data): 0, 1 and the auto number of workers."""
+    from lib.devices import loader_workers
+    from lib.schema import Training
+    auto = loader_workers(Training(device="cuda", precision="auto", world_size=1, threads=None,
+                                   loader_workers="auto", seed=1), "cuda")
+    out = project / "reports/loader.json"
+    job = spawn([sys.executable, "-m", "bench.loader", "--workers", *map(str, sorted({0, 1, auto})),
+                 "--batches", str(batches), "--out", str(out)], project, env, log)
+    result = finish(job, 240)
+    if out.exists():
+        result.update(json.loads(out.read_text()))
+    elif result["ok"]:
+        result.update(ok=False, error=f"{out} was not written")
+    return result
+
+
 # ---------------------------------------------------------------- child processes
 
 def child_env(work: Path) -> dict:
@@ -321,9 +358,12 @@ def failures(results: dict) -> list:
         found += [f"pipeline {run}: checkpoint {c['checkpoint']}: " + (c.get("error") or
                   f"trained {c['trained']}, fp32 {c['fp32']}, finite {c['finite']}")
                   for c in result["checkpoints"] if not c["ok"]]
+        found += [f"pipeline {run}: evaluation: {e}" for e in result.get("evaluation_device_errors", [])]
     bench = results["benchmark"]
     if not bench["ok"]:
         found.append(f"benchmark: {bench['error']} (see {bench['log']})")
+    if not results["loader"]["ok"]:
+        found.append(f"loader: {results['loader']['error']} (see {results['loader']['log']})")
     return found
 
 
@@ -355,6 +395,13 @@ def markdown(results: dict) -> str:
               report.table(["size", "non-embedding params", "tokens/update", "fairseq tokens/s", "fairseq MFU",
                             "fairseq peak GPU MB", "transformers tokens/s", "transformers MFU",
                             "transformers peak GPU MB", "fairseq / transformers"], rows)]
+    loader = results["loader"]
+    rows = [[r["task"], r["workers"], r["batches_per_s"], r["tokens_per_batch"]] for r in loader.get("rows", [])]
+    lines += ["## Loaders at the paper's batch shapes (bench/loader.py; this machine's CPU)", "",
+              report.table(["task", "workers", "batches/s", "tokens a batch"], rows)]
+    devices = sorted({f"{k.split('/')[1]}: {v}" for r in results["pipeline"].values()
+                      for k, v in r.get("evaluation_devices", {}).items()})
+    lines += ["## Where evaluate scored each variant", "", ", ".join(devices) or "no evaluation rows", ""]
     if results["failures"]:
         lines += ["## Failures", "", *(f"- {f}" for f in results["failures"]), ""]
     return "\n".join(lines)

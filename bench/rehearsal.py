@@ -1,6 +1,7 @@
 """Rehearsal of the paper profile's data stages on synthetic corpora of the real sizes, on this machine.
 
   python -m bench.rehearsal data [--scale S] [--datasets wikitext103 mnli wmt14_en_fr] [--root DIR] [--keep]
+  python -m bench.rehearsal models ...: the model stages at the paper's sizes (bench/rehearsal_models.py)
 
 Writes the synthetic datasets (bench/synthetic.py: real line counts and layouts at scale 1) into ROOT/mirror,
 checksums them into a scratch catalog, and runs the paper profile's fetch and prepare stages on them in
@@ -58,10 +59,22 @@ LOG_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] (.*)$")
 
 # ---------------------------------------------------------------- measuring one command
 
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (/proc/stat's first line: user ... steal), in clock ticks."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def steal_share(before: list[int], after: list[int]) -> float | None:
+    """The share of CPU time the hypervisor gave other machines between two cpu_times(): a virtual machine's
+    timings are that much slower than its cores' speed (seen: 50% on a 2-core VM)."""
+    spent = [b - a for a, b in zip(before, after)]
+    return round(spent[7] / sum(spent), 3) if sum(spent) else None
+
+
 def measure(cmd: list, cwd: Path, env: dict, log: Path, interval: float = 0.2) -> dict:
     """Run `cmd`; sample the resident memory of it and its children every `interval` s and the free disk
-    of `cwd`'s file system; time-stamp every output line (written to `log`)."""
-    disk0 = shutil.disk_usage(cwd).free
+    of `cwd`'s file system; time-stamp every output line (written to `log`); the CPU steal over the run."""
+    disk0, times0 = shutil.disk_usage(cwd).free, cpu_times()
     start = time.time()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = {"tree": 0, "process": 0, "disk": 0, "processes": 1}
@@ -93,7 +106,8 @@ def measure(cmd: list, cwd: Path, env: dict, log: Path, interval: float = 0.2) -
     wall = time.time() - start
     done.set()
     sampler.join()
-    return {"cmd": " ".join(cmd), "rc": rc, "wall_s": round(wall, 1), "load_1min_end": round(os.getloadavg()[0], 2), "peak_rss_mb": round(peak["tree"] / 2**20),
+    return {"cmd": " ".join(cmd), "rc": rc, "wall_s": round(wall, 1), "load_1min_end": round(os.getloadavg()[0], 2),
+            "cpu_steal": steal_share(times0, cpu_times()), "peak_rss_mb": round(peak["tree"] / 2**20),
             "peak_process_rss_mb": round(peak["process"] / 2**20), "processes": peak["processes"],
             "peak_disk_bytes": peak["disk"], "log": str(log), "lines": lines}
 
@@ -185,7 +199,9 @@ def stage_env(work: Path) -> dict:
 
 # ---------------------------------------------------------------- one dataset
 
-def rehearse(dataset: str, scale: float, root: Path, logs: Path) -> dict:
+def rehearse(dataset: str, scale: float, root: Path, logs: Path, keep_outputs: bool = False) -> dict:
+    """Generate `dataset` at `scale` and run its stages in ROOT/work; its raw and binarized data are removed
+    afterwards (tens of GB at full size) unless `keep_outputs` (the model rehearsal trains on them)."""
     mirror = root / "mirror"
     t = time.time()
     made = synthetic.DATASETS[dataset](mirror, scale)
@@ -229,7 +245,7 @@ def rehearse(dataset: str, scale: float, root: Path, logs: Path) -> dict:
         print(f"[rehearsal]   encoding {entry['encoding']}", flush=True)
     # the raw and binarized data of a big dataset are tens of GB: drop them (mnli needs the mlm model)
     shutil.rmtree(mirror / dataset, ignore_errors=True)
-    if dataset != "wikitext103":
+    if dataset != "wikitext103" and not keep_outputs:
         for module, *arg in STAGES[dataset]:
             shutil.rmtree(work / OUTPUTS[module].format(arg=arg[0] if arg else ""), ignore_errors=True)
     return entry
@@ -330,40 +346,53 @@ def full_size(entries: list) -> list:
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m bench.rehearsal", description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["data"])
+    p.add_argument("what", choices=["data"], help="data; `models`: bench/rehearsal_models.py")
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the real training-set sizes (default 1)")
     p.add_argument("--datasets", nargs="+", choices=list(STAGES), default=list(STAGES))
     p.add_argument("--root", type=Path, help="scratch directory for the corpora and the workspace "
                                              "(default: a new one in the system's temp directory)")
-    p.add_argument("--keep", action="store_true", help="keep ROOT afterwards")
+    p.add_argument("--keep", action="store_true", help="keep ROOT afterwards, with every dataset's raw and binarized "
+                                                       "data (`bench.rehearsal models --root ROOT` trains on them)")
     p.add_argument("--out", type=Path, default=OUT, help="JSON results (the markdown goes beside it)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
-    args = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["models"]:
+        from bench import rehearsal_models
+        return rehearsal_models.main(argv[1:])
+    args = parse(argv)
     root = args.root or Path(tempfile.mkdtemp(prefix="rehearsal-"))
     root.mkdir(parents=True, exist_ok=True)
     datasets = [d for d in STAGES if d in args.datasets]
     if "mnli" in datasets and "wikitext103" not in datasets and not (root / "work/data/bin/mlm/spm.model").exists():
         datasets.insert(0, "wikitext103")  # prepare_glue encodes with the pretraining corpus' sentencepiece model
+    run_and_report(root, args.keep, args.out, lambda logs, started: [rehearse(d, args.scale, root, logs, args.keep)
+                                                                     for d in datasets],
+                   merge_entries, targets, markdown)
+
+
+def run_and_report(root: Path, keep: bool, out: Path, run, merge, targets_of, markdown_of) -> None:
+    """`run(logs, started)` in ROOT (kept if it fails, removed afterwards unless `keep`); its entries merged into
+    `out`'s (`merge(old, new)`), with `targets_of(entries)`, and the markdown `markdown_of(report)` beside it."""
     logs = root / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now().isoformat(timespec="seconds")
     try:
-        entries = [rehearse(d, args.scale, root, logs) for d in datasets]
+        entries = run(logs, started)
     except BaseException:
         print(f"rehearsal: stopped; {root} is kept, with each stage's log in {logs}", file=sys.stderr)
         raise
-    if not args.keep:
+    if not keep:
         shutil.rmtree(root, ignore_errors=True)
-    old = json.loads(args.out.read_text())["entries"] if args.out.exists() else []
-    report = {"updated": started, "entries": merge_entries(old, entries)}
-    report["targets"] = targets(report["entries"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    old = json.loads(out.read_text())["entries"] if out.exists() else []
+    report = {"updated": started, "entries": merge(old, entries)}
+    report["targets"] = targets_of(report["entries"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown_of(report))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -39,13 +39,28 @@ def budget_unit(budget) -> tuple:
     return ("seconds", budget.seconds) if budget.seconds is not None else ("updates", budget.updates)
 
 
+def scaled_warmup(warmup_updates: int, fraction: float) -> int:
+    """The warm-up of a run at `fraction` of the budget: scaled down with it (rounded, at least 1), never up.
+
+    A fixed warm-up takes a larger share of a shorter run (the recipe's 50 updates were 43% of L4-H384's 117 at
+    x0.125, 6% of its full run's), which handicaps the short runs, steepens the fitted law and made every
+    full-budget prediction too low (by 0.13-0.25 bits, docs/size-plan.md). Scaled, every calibration run spends
+    the full run's share in warm-up. A run longer than the recipe's (a crossover check) keeps the recipe's warm-up,
+    as a user training for that budget would."""
+    if warmup_updates <= 0 or fraction >= 1:
+        return warmup_updates
+    return max(1, round(warmup_updates * fraction))
+
+
 def scaled_params(params, stage: str, fraction: float):
-    """params with `stage`'s recipe budget scaled by `fraction` (updates rounded, at least 1)."""
+    """params with `stage`'s recipe budget scaled by `fraction` (updates rounded, at least 1), and its warm-up
+    with it (scaled_warmup)."""
     section = getattr(params, stage)
     budget = section.recipe.budget
     scaled = budget.model_copy(update={"seconds": budget.seconds * fraction} if budget.seconds is not None
                                else {"updates": max(1, round(budget.updates * fraction))})
-    recipe = section.recipe.model_copy(update={"budget": scaled})
+    recipe = section.recipe.model_copy(update={
+        "budget": scaled, "warmup_updates": scaled_warmup(section.recipe.warmup_updates, fraction)})
     return params.model_copy(update={stage: section.model_copy(update={"recipe": recipe})})
 
 

@@ -7,6 +7,8 @@ import sys
 from lib import hardware
 from lib.errors import StageError, log
 
+AUTO_CUDA_WORKERS = 8  # training.loader_workers auto on CUDA: at most this many per rank (loader_workers)
+
 
 def training_device(training) -> str:
     """"cuda" or "cpu", as params.yaml's training.device asks and torch allows."""
@@ -17,6 +19,26 @@ def training_device(training) -> str:
     if training.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return training.device
+
+
+def evaluation_device(device: str, cuda_available: bool | None = None) -> str:
+    """Where evaluate scores the variants it does not time (evaluate.device): "cuda" or "cpu". `auto`: the GPU
+    when there is one. The timed ones (the deployment formats) always run on the CPU, on evaluate.threads.
+    `cuda_available`: injectable for tests (default: torch's answer)."""
+    if cuda_available is None:
+        import torch
+        cuda_available = torch.cuda.is_available()
+    if device == "cuda" and not cuda_available:
+        raise StageError("params.yaml: evaluate.device is 'cuda' but torch sees no GPU; use 'auto' or 'cpu'")
+    return "cuda" if device == "auto" and cuda_available else "cpu" if device == "auto" else device
+
+
+def device_name(device: str) -> str:
+    """A device as evaluation rows record it: "cpu", or "cuda: <the GPU's name>"."""
+    if device == "cpu":
+        return "cpu"
+    import torch
+    return f"cuda: {torch.cuda.get_device_name()}"
 
 
 def training_precision(training, cpu_flags=None) -> str:
@@ -36,15 +58,34 @@ def training_precision(training, cpu_flags=None) -> str:
     return training.precision
 
 
+def loader_workers(training, device: str, cores: int | None = None) -> int:
+    """fairseq's --num-workers for a rank training on `device`: processes that build its batches beside it.
+    A number in training.loader_workers is taken as is. `auto`: on a CPU none, since workers only compete with
+    training for the same cores (and hold each run's exit for seconds); on CUDA the CPU cores a rank can spare
+    (`cores`, default this machine's, shared by training.world_size ranks, one kept for the rank itself), at
+    most AUTO_CUDA_WORKERS. Measured on one core (bench/loader.py, reports/loader.md), fairseq's masked-LM
+    loader builds the paper batch (512 x 128 tokens) at a few batches/s, slower than a GPU trains."""
+    if training.loader_workers != "auto":
+        return training.loader_workers
+    if device == "cpu":
+        return 0
+    spare = (cores or os.cpu_count() or 1) // training.world_size - 1
+    return max(1, min(AUTO_CUDA_WORKERS, spare))
+
+
 def device_flags(training) -> list:
-    """fairseq flags for params.yaml's `training` section: device, precision, and data parallelism when
-    this process is one rank of a torchrun launch (see launch_data_parallel). On a CPU, --bf16 means
-    autocast (train_with_budget): fp32 weights and optimizer, bfloat16 matmuls."""
+    """fairseq flags for params.yaml's `training` section: device, precision, loader workers, and data
+    parallelism when this process is one rank of a torchrun launch (see launch_data_parallel). On a CPU,
+    --bf16 means autocast (train_with_budget): fp32 weights and optimizer, bfloat16 matmuls."""
     import torch
-    cpu = training_device(training) == "cpu"
+    device = training_device(training)
+    cpu = device == "cpu"
     if cpu and training.threads:
         torch.set_num_threads(training.threads)
-    flags = ["--cpu"] if cpu else []
+    # no --data-buffer-size thread: fairseq's daemon thread that reads batches ahead may be building one in C++
+    # when the stage ends, and Python's shutdown then kills it with a forced unwind that C++ aborts on (exit 134
+    # after every output was written; seen with the paper's 32k vocabulary). Workers, if any, prefetch instead
+    flags = (["--cpu"] if cpu else []) + ["--num-workers", loader_workers(training, device), "--data-buffer-size", 0]
     flags += {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp32": []}[training_precision(training)]
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:  # explicit: fairseq's default is every GPU it sees

@@ -41,9 +41,6 @@ def schedule_flags(recipe) -> list:
             "--max-valid-steps", recipe.valid_batches - 1,  # fairseq stops after index max_valid_steps
             "--validate-interval", 1_000_000, "--save-interval", 1_000_000,  # points on the update grid only
             "--keep-interval-updates", 1, "--no-epoch-checkpoints", "--log-format", "simple",
-            # batches load in the training process: fairseq's worker processes would hold each run's exit
-            # for seconds, and on a few cores they only compete with training for them
-            "--num-workers", 0,
             "--log-interval", max(1, recipe.validate_every // 2)]
 
 

@@ -1,6 +1,6 @@
 """The schema of params.yaml (of the dataset catalog, datasets.yaml: lib/catalog.py). Every stage validates
 both files before doing any work, so a typo fails fast with the key's full path instead of hours into a run."""
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -79,6 +79,7 @@ class Training(Strict):
     precision: Literal["auto", "fp16", "bf16", "fp32"]  # auto: fp16 on CUDA, bf16 on a CPU with bf16 matmuls
     world_size: int = Field(ge=1)                # data-parallel ranks, launched with torchrun
     threads: int | None = Field(ge=1)            # CPU threads (null: torch's default)
+    loader_workers: Literal["auto"] | Annotated[int, Field(ge=0)]  # fairseq's --num-workers (lib/devices.loader_workers)
     seed: int = Field(ge=0)
 
 
@@ -188,6 +189,7 @@ class Evaluate(Strict):
     beam: int = Field(ge=1)                      # beam search for BLEU
     batch_size: int = Field(ge=1)                # evaluation batch and the throughput batch
     threads: int = Field(ge=1)                   # fixed for every timing
+    device: Literal["auto", "cpu", "cuda"]       # where the untimed variants are scored (lib/devices.py)
     repeats: int = Field(ge=1)                   # timings are the median of this many runs
     latency_examples: int = Field(ge=1)          # batch-1 inputs per timed run
     bootstrap: int = Field(ge=10)                # resamples for the 95% confidence intervals

@@ -20,7 +20,7 @@ HEADLINE_SPLITS = ("dev", "dev_matched", "test")
 EVAL_FIELDS = ["model", "task", "size", "layers", "hidden", "init", "variant", "format", "target_sparsity", "sparsity",
                "bits", "parameters", "nonzero_parameters", "bits_per_weight", "bytes", "bytes_zip", "split", "examples",
                "metric", "value", "ci_low", "ci_high", "constant_score", "latency_ms", "throughput",
-               "throughput_unit", "threads", "hardware", "quantization", "agreement", "details"]
+               "throughput_unit", "threads", "device", "hardware", "quantization", "agreement", "details"]
 
 
 def sparsity_tag(sparsity: float) -> str:
@@ -94,3 +94,9 @@ def model_arg(argv, params, stage: str):
                      f"pretrain.sizes {params.pretrain.sizes} (glue; with --random-init of finetune.random_init_sizes "
                      f"{params.finetune.random_init_sizes}) or train_mt.sizes {params.train_mt.sizes} (mt), TASK one "
                      f"of data.glue_tasks {params.data.glue_tasks}")
+
+
+def scoring_device(variant: Path, device: str) -> str:
+    """Where evaluate scores a fairseq variant: the dense model is timed, so on the CPU; any other on `device`
+    (evaluate.device: a GPU where there is one)."""
+    return "cpu" if variant.name == DENSE else device

@@ -11,7 +11,9 @@ variants in ONNX Runtime on raw text, never by reloading PyTorch weights. Size c
 `evaluate.threads` threads, is measured for the deployment formats, PyTorch fp32 of the dense model and
 the ONNX models: throughput is the scoring pass's (the whole set at `evaluate.batch_size`, after a
 warm-up), batch-1 latency the median of `evaluate.repeats` runs. A pruned or simulated k-bit model runs
-the same dense kernels as its format's dense one, so only the dense ones' latency is timed.
+the same dense kernels as its format's dense one, so only the dense ones' latency is timed, and the untimed
+fairseq variants are scored on `evaluate.device` (a GPU where there is one: in batches, for their scores
+only); each row records the device that scored it.
 
 Writes reports/eval/<model>.csv, one row per (variant, split, metric), and each variant's output for every
 example to reports/predictions/<model>/<variant>.tsv (lib/predictions.py: the layout).
@@ -29,23 +31,19 @@ import torch
 
 from lib import hardware
 from lib.checkpoints import allow_checkpoint_globals
+from lib.devices import device_name, evaluation_device
 from lib.errors import StageError, log, summary
-from lib.files import read_lines
 from lib.glue import read_tsv, regression_target
 from lib.glue_task import class_labels, glue_meta, label_names as named_labels
 from lib.inference import by_length, load_onnx, scoring_pass, speed
-from lib.metrics import (CLASSIFICATION_METRICS, REGRESSION_METRICS, bootstrap, constant_classification,
-                         constant_translation, cross_entropy, f1, translation_scores)
+from lib.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, bootstrap, constant_classification, cross_entropy, f1
 from lib.onnx_export import quantization_columns
 from lib.params import load_params
-from lib.predictions import fresh_dir, glue_predictions, translation_predictions, write_predictions
-from lib.recipes import generation_args
+from lib.predictions import fresh_dir, glue_predictions, write_predictions
 from lib.stage import run_stage
+from lib.translation_eval import TranslationEval
 from lib.variant_weights import load_variant
-from lib.variants import COMPRESSED_DIR, DENSE, EVAL_FIELDS, VARIANT_FILE, is_onnx, model_arg
-
-CONSTANT_CANDIDATES = 100  # translation's constant baseline: sentences tried (each costs one corpus BLEU)
-
+from lib.variants import COMPRESSED_DIR, DENSE, EVAL_FIELDS, VARIANT_FILE, is_onnx, model_arg, scoring_device
 
 def main(argv):
     params = load_params()
@@ -60,9 +58,10 @@ def main(argv):
     # trained fp32 weights hold denormal floats, which x86 CPUs compute ~100x slower (seen: 2 s per
     # sentence); flushing them to zero changes no prediction and is what inference runtimes do
     torch.set_flush_denormal(True)
+    device = evaluation_device(cfg.device)
     try:
-        evaluator = TranslationEval(cfg, params.data.translation) if task == "translation" else \
-            GlueEval(cfg, task, params.datasets[task].metrics, params.datasets[task].label_names)
+        evaluator = TranslationEval(cfg, params.data.translation, device) if task == "translation" else \
+            GlueEval(cfg, task, params.datasets[task].metrics, params.datasets[task].label_names, device)
         kept = fresh_dir(name)
         rows, latencies = [], {}  # format -> (variant, ms): a pruned ONNX model runs its format's dense kernels
         for i, variant in enumerate(variants, 1):
@@ -86,7 +85,8 @@ def main(argv):
                     "bits_per_weight": round(8 * described["bytes"] / described["parameters"], 3),
                     "metric": metric, "value": round(value, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
                     "constant_score": "" if constant is None else round(constant, 4),
-                    **(timing or {}), "threads": cfg.threads, "hardware": hardware.cpu(),
+                    **(timing or {}), "threads": cfg.threads, "device": device_name(evaluator.scored_on),
+                    "hardware": hardware.cpu(),
                     "quantization": scheme, "agreement": agreement,
                     "details": "; ".join(filter(None, [details, reused, elsewhere]))})
             log(f"evaluate {name}: [{i}/{len(variants)}] {variant.name}: "
@@ -106,8 +106,9 @@ def main(argv):
 
 
 class GlueEval:
-    def __init__(self, cfg, task: str, metrics: list[str], label_names: list[str] | None = None):
-        self.cfg, self.task = cfg, task
+    def __init__(self, cfg, task: str, metrics: list[str], label_names: list[str] | None = None,
+                 device: str = "cpu"):
+        self.cfg, self.task, self.device, self.scored_on = cfg, task, device, "cpu"
         self.data = Path("data/bin/glue") / task
         self.meta = glue_meta(task)
         self.names = named_labels(task, label_names)  # the catalog's label -> name
@@ -167,6 +168,8 @@ class GlueEval:
             self.model = models[0].eval()
         self.model.load_state_dict(checkpoint["model"])
         timed = variant.name == DENSE  # the deployment format; the others share its kernels (module docstring)
+        self.scored_on = scoring_device(variant, self.device)
+        self.model.to(self.scored_on)
         results, seconds, examples, self.predicted = [], 0.0, 0, []
         for fairseq_split, split, rows in self.splits():
             self.fairseq_task.load_dataset(fairseq_split)
@@ -196,12 +199,14 @@ class GlueEval:
         return results, measured
 
     def classify(self, src_tokens):
-        return self.model(src_tokens, features_only=True, classification_head_name="sentence_classification_head")[0]
+        return self.model(src_tokens.to(self.scored_on), features_only=True,
+                          classification_head_name="sentence_classification_head")[0].float().cpu()
 
     def onnx(self, variant: Path, timed_as):
         from optimum.onnxruntime import ORTModelForSequenceClassification
         from transformers import AutoTokenizer
         model = load_onnx(ORTModelForSequenceClassification, variant, threads=self.cfg.threads)
+        self.scored_on = "cpu"
         tokenizer = AutoTokenizer.from_pretrained(variant)
         # the exported config names each output by the catalog's label_names (else the label itself)
         expected, named = [self.names.get(c, c) for c in self.classes], model.config.id2label
@@ -226,71 +231,6 @@ class GlueEval:
                             if self.meta["regression"] else [self.classes.index(r["label"]) for r in rows])
             results += self.split_results(split, rows, gold, logits)
         return results, speed(run, texts, self.cfg, "sentences/s", examples / seconds, timed_as)
-
-
-class TranslationEval:
-    def __init__(self, cfg, translation):
-        self.cfg, self.tr = cfg, translation
-        self.data = Path("data/bin/mt")
-        n = cfg.max_test_sentences
-        self.sources = read_lines(self.data / f"test.raw.{translation.source}")[:n]
-        self.references = read_lines(self.data / f"test.raw.{translation.target}")[:n]
-        self.model, self.fairseq_task, self.constants, self.predicted = None, None, {}, []
-
-    def constant_score(self, split: str, metric: str):
-        """BLEU or chrF of the best input-ignoring translation (lib.metrics.constant_translation), computed once."""
-        if metric not in self.constants:
-            self.constants[metric] = constant_translation(self.references, metric, CONSTANT_CANDIDATES)
-        return self.constants[metric]
-
-    def scores(self, hypotheses: list[str]):
-        """BLEU's and chrF's result rows; keeps the translations in self.predicted."""
-        self.predicted = translation_predictions(self.sources, self.references, hypotheses)
-        return [("test", len(hypotheses), *score) for score in
-                translation_scores(hypotheses, self.references, self.cfg.bootstrap)]
-
-    def fairseq(self, variant: Path, described: dict):
-        from fairseq import checkpoint_utils
-        checkpoint = load_variant(variant)
-        if self.model is None:
-            allow_checkpoint_globals()
-            models, _, self.fairseq_task = checkpoint_utils.load_model_ensemble_and_task(
-                [described["source"]], arg_overrides={"data": str(self.data)})
-            self.model = models[0].eval()
-            self.fairseq_task.load_dataset("test")
-        self.model.load_state_dict(checkpoint["model"])
-        dataset = self.fairseq_task.dataset("test")
-        generator = self.fairseq_task.build_generator([self.model], generation_args(self.cfg.beam))
-        tgt_dict = self.fairseq_task.target_dictionary
-        sources = [dataset[i]["source"] for i in range(len(self.sources))]
-
-        def run(batch):
-            lengths = torch.tensor([len(s) for s in batch])
-            width = int(lengths.max())  # fairseq's translation task pads sources on the left
-            tokens = torch.stack([torch.nn.functional.pad(s, (width - len(s), 0), value=tgt_dict.pad())
-                                  for s in batch])
-            with torch.no_grad():
-                out = generator.generate([self.model], {"net_input": {"src_tokens": tokens,
-                                                                        "src_lengths": lengths}})
-            return [tgt_dict.string(hypos[0]["tokens"], "sentencepiece") for hypos in out]
-
-        if variant.name != DENSE:  # timed: the deployment format only
-            return self.scores(by_length(run, sources, len, self.cfg.batch_size)), None
-        hypotheses, rate = scoring_pass(run, sources, len, self.cfg.batch_size)
-        return self.scores(hypotheses), speed(run, sources, self.cfg, "sentences/s", rate)
-
-    def onnx(self, variant: Path, timed_as):
-        from optimum.onnxruntime import ORTModelForSeq2SeqLM
-        from lib.ort_generate import translate
-        import sentencepiece
-        model = load_onnx(ORTModelForSeq2SeqLM, variant, threads=self.cfg.threads)
-        sp = sentencepiece.SentencePieceProcessor(model_file=str(self.data / "spm.model"))
-
-        def run(batch):
-            return translate(model, sp, batch, self.cfg.beam)
-
-        hypotheses, rate = scoring_pass(run, self.sources, len, self.cfg.batch_size)
-        return self.scores(hypotheses), speed(run, self.sources, self.cfg, "sentences/s", rate, timed_as)
 
 
 if __name__ == "__main__":

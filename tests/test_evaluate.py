@@ -50,6 +50,7 @@ def test_separable_task_scores_high_and_pruning_90_percent_costs_accuracy(in_tra
     assert float(dense["latency_ms"]) > 0 and float(dense["throughput"]) > 0  # the deployment format is timed
     assert rows["s0.90-q2", "accuracy"]["latency_ms"] == ""  # simulated variants run the same dense kernels: not timed
     assert all(r["value"] != "" and r["hardware"] for r in rows.values())
+    assert {r["device"] for r in rows.values()} == {"cpu"}  # evaluate.device auto, and no GPU here
     # the input-ignoring baseline on the same 30 examples: the most frequent class, the labels' entropy
     labels = [line.rsplit("\t", 1)[1] for line in Path("data/bin/glue/sst2/dev.tsv").read_text().splitlines()[1:31]]
     frequencies = [labels.count(c) / len(labels) for c in set(labels)]
@@ -70,6 +71,19 @@ def test_separable_task_scores_high_and_pruning_90_percent_costs_accuracy(in_tra
         assert all(0.5 <= float(r["probability"]) <= 1 for r in predicted)  # the larger of two probabilities
         accuracy = 100 * np.mean([r["gold"] == r["predicted"] for r in predicted])
         assert accuracy == pytest.approx(float(rows[path.stem, "accuracy"]["value"]), abs=1e-3), path
+
+
+def test_untimed_variants_are_scored_on_the_gpu_where_there_is_one_and_the_timed_ones_on_the_cpu():
+    from lib.devices import evaluation_device
+    from lib.variants import scoring_device
+    assert evaluation_device("auto", cuda_available=True) == "cuda"
+    assert evaluation_device("auto", cuda_available=False) == "cpu"
+    assert evaluation_device("cpu", cuda_available=True) == "cpu"
+    with pytest.raises(StageError, match="evaluate.device is 'cuda' but torch sees no GPU"):
+        evaluation_device("cuda", cuda_available=False)
+    assert scoring_device(Path("models/compressed/m/s0.00-fp32"), "cuda") == "cpu"  # the dense model is timed
+    assert scoring_device(Path("models/compressed/m/s0.90-q4"), "cuda") == "cuda"
+    assert scoring_device(Path("models/compressed/m/s0.90-fp32"), "cpu") == "cpu"
 
 
 def test_f1_and_mcc_score_the_positive_class_whatever_its_output_index():

@@ -41,10 +41,21 @@ def test_dry_run_passes_every_step_and_writes_the_report(dry_run):
         for loop in ("fairseq", "transformers"):
             assert row[loop]["tokens_per_s"] > 0 and row[loop]["peak_gpu_mb"] is None  # measured on a GPU only
 
+    # every evaluation row says where it was scored: all on the CPU here
+    assert pipeline["evaluation_devices"] and set(pipeline["evaluation_devices"].values()) == {"cpu"}
+    assert pipeline["evaluation_device_errors"] == []
+    assert gpu_check.device_errors({"T1-sst2/s0.50-q8": "cpu", "T1-sst2/s0.00-fp32": "cuda: H100"}, "fp16") == [
+        "T1-sst2/s0.50-q8 scored on cpu, expected cuda", "T1-sst2/s0.00-fp32 scored on cuda: H100, expected cpu"]
+    # the loaders at the paper's batch shapes, with 0, 1 and auto workers (auto is one on a 2-core machine)
+    loader = results["loader"]
+    assert loader["ok"] and {(r["task"], r["workers"]) for r in loader["rows"]} == {
+        (t, w) for t in ("mlm", "mt") for w in (0, 1)}
+    assert all(r["batches_per_s"] > 0 for r in loader["rows"])
+
     markdown = (root / "gpu-check.md").read_text()
-    assert "pass" in markdown.splitlines()[0] and "## Training throughput" in markdown
+    assert "pass" in markdown.splitlines()[0] and "## Training throughput" in markdown and "## Loaders" in markdown
     assert {p.name for p in root.glob("*.log")} == {"gpu-check-cpu.log", "gpu-check-bench-data.log",
-                                                    "gpu-check-bench.log"}
+                                                    "gpu-check-bench.log", "gpu-check-loader.log"}
 
 
 def test_the_checks_fail_on_what_a_gpu_run_must_not_show(dry_run, tmp_path):
@@ -61,9 +72,12 @@ def test_the_checks_fail_on_what_a_gpu_run_must_not_show(dry_run, tmp_path):
     curve.write_text("\n".join([text[0], *reversed(text[1:])]) + "\n")
     found = gpu_check.curve(tmp_path, Path("reports/curves/pretrain-T1.csv"))
     assert found["falls"] is False and not found["ok"]
-    failures = gpu_check.failures({"pipeline": {"fp16": {"ok": True, "curves": [found], "checkpoints": []}},
-                                   "benchmark": {"ok": False, "error": "exit status 1", "log": "x.log"}})
-    assert len(failures) == 2 and "valid loss" in failures[0] and "exit status 1" in failures[1]
+    failures = gpu_check.failures({"pipeline": {"fp16": {"ok": True, "curves": [found], "checkpoints": [],
+                                                         "evaluation_device_errors": ["m/s0.50-q8 scored on cpu"]}},
+                                   "benchmark": {"ok": False, "error": "exit status 1", "log": "x.log"},
+                                   "loader": {"ok": False, "error": "stopped after 240 s", "log": "y.log"}})
+    assert len(failures) == 4 and "valid loss" in failures[0] and "scored on cpu" in failures[1]
+    assert "exit status 1" in failures[2] and "stopped after 240 s" in failures[3]
 
 
 def test_without_a_gpu_the_real_check_stops_at_once(tmp_path):

@@ -76,6 +76,11 @@ def test_calibration_budget_is_the_recipes_scaled():
     scaled = scaled_params(params, "pretrain", 0.125)
     assert scaled.pretrain.recipe.budget.seconds == params.pretrain.recipe.budget.seconds * 0.125
     assert scaled.train_mt == params.train_mt and params.pretrain.recipe.budget.seconds == 270
+    # the warm-up takes the full run's share of every shorter run, and a longer run keeps the recipe's
+    assert params.pretrain.recipe.warmup_updates == 50 and scaled.pretrain.recipe.warmup_updates == 6
+    assert scaled_params(params, "train_mt", 0.25).train_mt.recipe.warmup_updates == 8
+    assert scaled_params(params, "pretrain", 0.001).pretrain.recipe.warmup_updates == 1
+    assert scaled_params(params, "pretrain", 4.0).pretrain.recipe.warmup_updates == 50
 
 
 # ---------------------------------------------------------------- the plan stage on synthetic curves
@@ -127,7 +132,7 @@ def test_plan_stage_writes_the_plan_from_calibration_curves(calibrated):
     assert mlm["unit"] == "updates" and mlm["target"] == 4000
     assert mlm["fitted_points"] == 9 and mlm["free_parameters"] == 5
     # every full run's end point lies on the law the calibration points follow
-    assert all(abs(p["full"]["error"]) < 0.05 for p in mlm["predictions"])
+    assert all(abs(p["full"]["error"]) < 0.05 and abs(p["full"]["error_at_tokens"]) < 0.05 for p in mlm["predictions"])
     assert all("full" not in p for p in mt["predictions"])
     assert {(x["small"], x["large"]) for x in mlm["crossovers"]} == {("T1", "T3"), ("T3", "T2")}
     assert mlm["best"] in ("T1", "T2", "T3")

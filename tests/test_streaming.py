@@ -108,10 +108,11 @@ def test_prepare_mt_names_the_short_file(tiny_project):
 
 def test_rehearsal_runs_every_paper_data_stage(tmp_path):
     """`python -m bench.rehearsal data` at a tiny scale: the synthetic WikiText-103, MNLI and WMT'14 archives
-    through the paper profile's fetch and prepare stages, each measured."""
+    through the paper profile's fetch and prepare stages, each measured; then, on the data it kept,
+    `python -m bench.rehearsal models` at tiny sizes (test_model_rehearsal)."""
     out = tmp_path / "reports" / "rehearsal-data.json"
     result = subprocess.run([sys.executable, "-m", "bench.rehearsal", "data", "--scale", "0.0005",
-                             "--root", str(tmp_path / "root"), "--out", str(out)],
+                             "--root", str(tmp_path / "root"), "--out", str(out), "--keep"],
                             cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -127,4 +128,37 @@ def test_rehearsal_runs_every_paper_data_stage(tmp_path):
     assert {t["name"].split(":")[0] for t in report["targets"]} == {"wikitext103 x0.0005", "mnli x0.0005",
                                                                      "wmt14_en_fr x0.0005"}
     assert "# Rehearsal of the paper profile's data stages" in out.with_suffix(".md").read_text()
+    assert (tmp_path / "root/work/data/bin/mt/train.en-fr.en.bin").exists()  # kept: --keep
+    model_rehearsal(tmp_path)
     assert not (tmp_path / "root").exists()  # the corpora are removed unless --keep
+
+
+def model_rehearsal(tmp_path):
+    """`python -m bench.rehearsal models` with tiny sizes on the data rehearsal's kept data: pretrain, finetune,
+    train_mt, compress and evaluate, each measured, with the evaluation projected to the paper's caps."""
+    out = tmp_path / "reports" / "rehearsal-models.json"
+    tiny = "{layers: 1, hidden: 32, ffn: 64, heads: 2}"
+    result = subprocess.run([sys.executable, "-m", "bench.rehearsal", "models", "--mlm", "T1", "--mt", "T1",
+                             "--finetune", "T1:sst2", "--updates", "1", "--examples", "8", "--sentences", "2",
+                             "--data-scale", "0.0005", "--root", str(tmp_path / "root"), "--out", str(out),
+                             "--set", f"models.mlm.T1={tiny}", f"models.mt.T1={tiny}", "compress.sparsities=[0.0, 0.9]",
+                             "compress.bits=[4]", "finetune.random_init_sizes=[]"],
+                            cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    runs = {(e["stage"], e["model"]): e for e in report["entries"]}
+    assert set(runs) == {("pretrain", "T1"), ("finetune", "T1-sst2"), ("compress", "T1-sst2"), ("evaluate", "T1-sst2"),
+                         ("train_mt", "mt-T1"), ("compress", "mt-T1"), ("evaluate", "mt-T1")}
+    for e in runs.values():
+        assert e["rc"] == 0 and e["wall_s"] > 0 and e["peak_rss_mb"] > 0 and e["output_bytes"] > 0
+    # 2 sparsities x fp32 and 4 bits, and ONNX fp32, int8, int4 at sparsity 0: each variant's bytes and time
+    compressed = runs["compress", "T1-sst2"]
+    assert len(compressed["variants"]) == 7 and set(compressed["load_seconds"]) == {"s0.90-fp32", "s0.90-q4"}
+    assert set(runs["evaluate", "mt-T1"]["variant_seconds"]) == {v["variant"] for v in runs["compress", "mt-T1"]["variants"]}
+    assert "[rehearsal] wikitext103" not in result.stdout  # the data rehearsal's kept data, not made again
+    names = [t["name"] for t in report["targets"]]
+    assert sum(n.startswith(f"compress {m}: worst pruned variant's disk / bytes_zip") for n in names
+               for m in ("T1-sst2", "mt-T1")) == 2
+    assert sum(n.endswith("peak RSS (MB)") for n in names) == 7
+    text = out.with_suffix(".md").read_text()
+    assert "# Rehearsal of the paper profile's model stages" in text and "| T1-sst2 | 8 | 2000 |" in text

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -349,12 +350,39 @@ def test_cpu_bf16_trains_under_autocast_and_its_checkpoint_loads_in_fp32(prepare
 def test_auto_precision_follows_the_cpus_bf16_instructions():
     from lib.devices import training_precision
     from lib.schema import Training
-    auto = Training(device="cpu", precision="auto", world_size=1, threads=None, seed=1)
+    auto = Training(device="cpu", precision="auto", world_size=1, threads=None, loader_workers="auto", seed=1)
     assert training_precision(auto, cpu_flags=["avx2", "avx512f", "avx512_bf16"]) == "bf16"
     assert training_precision(auto, cpu_flags=["avx2", "amx_bf16"]) == "bf16"
     assert training_precision(auto, cpu_flags=["avx2", "avx512f", "avx512_vnni"]) == "fp32"
     with pytest.raises(StageError, match="fp16 trains on CUDA only"):
         training_precision(auto.model_copy(update={"precision": "fp16"}))
+
+
+def test_loader_workers_none_on_a_cpu_and_the_spare_cores_of_each_rank_on_cuda():
+    from lib.devices import AUTO_CUDA_WORKERS, loader_workers
+    from lib.schema import Training
+    auto = Training(device="cuda", precision="auto", world_size=1, threads=None, loader_workers="auto", seed=1)
+    assert loader_workers(auto, "cpu", cores=16) == 0
+    assert loader_workers(auto, "cuda", cores=16) == min(AUTO_CUDA_WORKERS, 15)
+    assert loader_workers(auto, "cuda", cores=4) == 3  # one core kept for the training process
+    assert loader_workers(auto.model_copy(update={"world_size": 8}), "cuda", cores=16) == 1  # 2 cores a rank
+    assert loader_workers(auto.model_copy(update={"world_size": 8}), "cuda", cores=8) == 1  # at least one
+    assert loader_workers(auto.model_copy(update={"loader_workers": 3}), "cpu", cores=2) == 3  # as given
+    with pytest.raises(ValueError, match="loader_workers"):
+        Training.model_validate({**auto.model_dump(), "loader_workers": -1})
+
+
+def test_with_loader_workers_the_harness_sees_every_batch(prepared):
+    """fairseq's workers only build the batches: the harness's train_step hook still counts each of them, so the
+    curve (updates, tokens, losses) is the same as with batches built in the training process."""
+    curves = {}
+    for workers in (0, 1):
+        set_params(prepared, lambda p: p["training"].update(loader_workers=workers))
+        pretrain.main(["T1"])
+        curves[workers] = [{k: r[k] for k in ("updates", "tokens", "train_loss", "valid_loss")}
+                           for r in read_curve("reports/curves/pretrain-T1.csv")]
+        shutil.rmtree("models/pretrain/T1")
+    assert curves[1] == curves[0] and len(curves[0]) >= 2
 
 
 def test_linear_schedule_ends_at_its_end_lr_exactly_when_an_update_budget_is_spent(prepared):

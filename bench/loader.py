@@ -1,0 +1,192 @@
+"""Batches per second of fairseq's training data loaders at the paper profile's batch shapes, by number of
+loader workers (fairseq's --num-workers), on this machine's CPU: what sets the pace of a GPU run when the
+batches cannot be built as fast as the GPU takes them (issue 32).
+
+  python -m bench.loader [--workers 0 1 2] [--batches 40] [--tasks mlm mt] [--out reports/loader.json]
+
+Each loader is the training stage's own: the flags of lib/recipes.pretrain_args / translation_args with the
+paper profile's recipe (masked LM: 512 sequences of 128 tokens, 15% masking; translation: 16,384-token
+batches) on the data/bin/mlm and data/bin/mt of the directory it runs in, iterated as fairseq-train iterates
+them (task.get_batch_iterator, next_epoch_itr), in a fresh process per measurement. The clock starts after the
+first batch (worker start-up) and runs over `--batches` batches, epochs rolled over.
+
+Against what a GPU needs: the step rate of the smallest paper size of each grid on an H100, estimated from
+the FLOPs of a step (step_flops) at a third of the H100's dense bf16 peak (the issue's assumption; `make
+gpu-check` measures the real rate on the first lent GPU), and the workers `training.loader_workers: auto`
+gives a rank on a 16-core GPU node (lib/devices.loader_workers): the target is that they build >= 3x the
+batches the GPU takes."""
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.report import check, table, verdict
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "reports" / "loader.json"
+H100_BF16_FLOPS = 989e12   # H100 SXM dense bf16 tensor-core peak (NVIDIA's datasheet)
+ASSUMED_MFU = 1 / 3        # the share of it training sustains (issue 32's estimate; gpu-check measures it)
+GPU_NODE_CORES = 16        # the lent H100 machine's CPU cores per GPU
+SMALLEST = {"mlm": "L6-H256", "mt": "L6-H512"}  # the smallest size of each paper grid: the fastest steps
+TARGET_HEADROOM = 3.0      # loaders must build >= 3x the batches the GPU takes
+
+
+def paper_params():
+    """params.yaml with profiles/paper.yaml merged: the recipes whose batches a paper run builds."""
+    sys.path.insert(0, str(REPO / "profiles"))
+    from overrides import merge
+    from lib.params import Params
+    merged = merge(yaml.safe_load((REPO / "params.yaml").read_text()),
+                   yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text()))
+    merged["training"] |= {"device": "cpu", "precision": "fp32"}
+    return Params.model_validate({**merged, **yaml.safe_load((REPO / "datasets.yaml").read_text())})
+
+
+def loader_args(task: str, workers: int) -> list[str]:
+    """fairseq-train's flags of the paper profile's recipe for `task`, with `workers` loader workers."""
+    from lib.recipes import pretrain_args, translation_args
+    args, _ = (pretrain_args if task == "mlm" else translation_args)(paper_params(), SMALLEST[task])
+    args = [str(a) for a in args]
+    args[args.index("--num-workers") + 1] = str(workers)
+    return args
+
+
+def measure(task: str, workers: int, batches: int, queue) -> None:
+    """In a child process: build the task from the flags and time `batches` batches after the first."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    import lib.schedule  # noqa: F401  registers the recipes' budget_linear scheduler
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(),
+                                                                     loader_args(task, workers)))
+    fairseq_task = tasks.setup_task(cfg.task)
+    fairseq_task.load_dataset("train", combine=False, epoch=1)
+    dataset = fairseq_task.dataset("train")
+    tokens, done, epoch, start = 0, -1, 1, 0.0
+    while done < batches:
+        iterator = fairseq_task.get_batch_iterator(
+            dataset=dataset, max_tokens=cfg.dataset.max_tokens, max_sentences=cfg.dataset.batch_size,
+            max_positions=fairseq_task.max_positions(), required_batch_size_multiple=8, seed=1,
+            num_workers=workers, epoch=epoch).next_epoch_itr(shuffle=True)
+        for sample in iterator:
+            done += 1
+            if done == 0:  # the first batch pays the workers' start-up: the clock starts after it
+                start = time.perf_counter()
+                continue
+            tokens += sample["ntokens"]
+            if done == batches:
+                break
+        epoch += 1
+    seconds = time.perf_counter() - start
+    queue.put({"task": task, "workers": workers, "batches": batches, "seconds": round(seconds, 2),
+               "batches_per_s": round(batches / seconds, 2), "tokens_per_batch": round(tokens / batches)})
+
+
+def run(task: str, workers: int, batches: int) -> dict:
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing cached from the last one
+    queue = context.Queue()
+    child = context.Process(target=measure, args=(task, workers, batches, queue))
+    child.start()
+    while child.is_alive() or not queue.empty():
+        try:
+            result = queue.get(timeout=1)
+            child.join()
+            return result
+        except Exception:  # queue.Empty: still measuring
+            continue
+    raise SystemExit(f"bench.loader: the {task} measurement with {workers} workers failed (exit {child.exitcode}): "
+                     "its error is above")
+
+
+def step_flops(task: str) -> float:
+    """FLOPs of one training step of the smallest paper size at the paper batch: 6 N per token through the
+    Transformer layers (Kaplan et al., 2020), attention's 12 L H T per token (forward and backward of the
+    score and value products), and the output projection (6 V H per predicted token: the masked 15% for the
+    masked LM, every target token for translation; 32k and 40k vocabularies)."""
+    from lib.model_size import non_embedding_params
+    params = paper_params()
+    if task == "mlm":
+        size, recipe = params.models.mlm[SMALLEST[task]], params.pretrain.recipe
+        tokens, length = recipe.max_tokens, recipe.tokens_per_sample
+        layers = 6 * non_embedding_params(size) * tokens + 12 * size.layers * size.hidden * length * tokens
+        return layers + 6 * params.prepare_mlm.vocab_size * size.hidden * recipe.mask_prob * tokens
+    size, recipe = params.models.mt[SMALLEST[task]], params.train_mt.recipe
+    side = recipe.max_tokens  # fairseq's max_tokens bounds each side; source and target are of similar length
+    length = 30               # tokens a WMT'14 sentence, either side (reports/rehearsal-data.md: ~30 pieces)
+    encoder, decoder = non_embedding_params(size), non_embedding_params(size, decoder=True)
+    attention = 12 * size.layers * size.hidden * length * side * 3  # encoder self, decoder self and cross
+    return 6 * (encoder + decoder) * side + attention + 6 * params.prepare_mt.vocab_size * size.hidden * side
+
+
+def gpu_needs(task: str) -> dict:
+    seconds = step_flops(task) / (H100_BF16_FLOPS * ASSUMED_MFU)
+    return {"size": SMALLEST[task], "step_tflops": round(step_flops(task) / 1e12, 2),
+            "step_ms": round(1000 * seconds, 1), "steps_per_s": round(1 / seconds, 1)}
+
+
+def targets(report: dict) -> list:
+    from lib.devices import loader_workers
+    params = paper_params()
+    gpu = params.training.model_copy(update={"loader_workers": "auto", "world_size": 1})
+    workers = loader_workers(gpu, "cuda", cores=GPU_NODE_CORES)
+    rows = []
+    for task, rate in report["per_worker"].items():
+        need = report["gpu"][task]["steps_per_s"] * TARGET_HEADROOM
+        built = workers * rate  # workers build batches independently: the rate adds up while cores are free
+        rows.append({"name": f"{task}: batches/s of {workers} workers (auto on a {GPU_NODE_CORES}-core node) / "
+                             f"{SMALLEST[task]}'s H100 steps/s", "value": round(built / (need / TARGET_HEADROOM), 2),
+                     "workers": workers, "workers_needed": math.ceil(need / rate),
+                     **check(built / (need / TARGET_HEADROOM), ">=", TARGET_HEADROOM)})
+    return rows
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    out = ["# Training data loaders at the paper batch\n",
+           f"`python -m bench.loader` on {m['cpu']}, {m['cores']} cores; data: "
+           f"{report['data']}. Batches per second after the first, by loader workers (fairseq's --num-workers).\n",
+           table(["task", "workers", "batches", "seconds", "batches/s", "tokens a batch"],
+                 [[r["task"], r["workers"], r["batches"], r["seconds"], r["batches_per_s"], r["tokens_per_batch"]]
+                  for r in report["rows"]]),
+           "\n## Against an H100's step rate (estimated: bench/loader.py step_flops, a third of 989 TFLOP/s bf16)\n",
+           table(["task", "smallest size", "TFLOPs a step", "ms a step", "steps/s"],
+                 [[t, g["size"], g["step_tflops"], g["step_ms"], g["steps_per_s"]] for t, g in report["gpu"].items()]),
+           "",
+           table(["target", "value", "goal", "verdict (margin)", "workers needed for 3x"],
+                 [[t["name"], t["value"], t["goal"], verdict(t), t["workers_needed"]] for t in report["targets"]])]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.loader", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--tasks", nargs="+", choices=["mlm", "mt"], default=["mlm", "mt"])
+    p.add_argument("--out", type=Path, default=OUT, help="JSON results (the markdown goes beside it)")
+    args = p.parse_args(argv)
+    from lib import hardware
+    rows = []
+    for task in args.tasks:
+        for workers in args.workers:
+            rows.append(run(task, workers, args.batches))
+            print(json.dumps(rows[-1]), flush=True)
+    report = {"machine": {"cpu": hardware.cpu(), "flags": hardware.isa_flags(), "cores": os.cpu_count()},
+              "data": f"{Path.cwd()}/data/bin (its dictionaries; the batch shapes are the paper's)", "rows": rows,
+              # one worker's rate: the loader in the training process (0) or in one worker process (1)
+              "per_worker": {task: max(r["batches_per_s"] for r in rows if r["task"] == task and r["workers"] <= 1)
+                             for task in args.tasks},
+              "gpu": {task: gpu_needs(task) for task in args.tasks}}
+    report["targets"] = targets(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Rehearsal of the paper profile's model stages at the paper's sizes, on this machine's CPU (issue 32).
+
+  python -m bench.rehearsal models [--mlm SIZE ...] [--mt SIZE ...] [--finetune SIZE:TASK ...] [--updates 2]
+                                   [--examples 64] [--sentences 8] [--root DIR] [--keep]
+
+Data first, once per ROOT: the data rehearsal's synthetic WikiText-103, MNLI and WMT'14 (bench/synthetic.py) at
+scale DATA_SCALE with the paper profile's 32k and 40k vocabularies (bench/rehearsal.py), and the real SST-2.
+Then, in ROOT/work (this checkout's stages and lib, params.yaml with profiles/paper.yaml and the few changes
+below), each stage as a user's run calls it, `python -m stages.<stage> ...`, measured like the data stages
+(wall time, peak RSS of the process tree, disk): pretrain of every --mlm size, finetune of each --finetune
+pair, train_mt of every --mt size, each for --updates updates at the paper's batch shapes scaled to fit this
+machine (BATCH: a paper batch's step of L24-H768 takes minutes on 2 cores); then compress with the paper
+profile's full grid (10 sparsities x fp32 and 4/6/8 bits, ONNX fp32, int8 and int4 at sparsity 0) and evaluate
+with the dev and test sets capped at --examples / --sentences.
+
+Projected to the paper profile as configured: training takes its budget (wall clock, on any machine);
+compress takes what it took here (CPU work, the same on a GPU node's CPU); evaluate's seconds per variant are
+scaled to the paper's caps (every second counted as per-example: an upper bound, since loading a variant is
+not), on this CPU, and on a GPU node where the untimed fairseq variants score on the GPU (evaluate.device):
+there they cost their loading (measured here, load_variant) plus their forward passes at a third of an H100's
+bf16 peak (bench/loader.py), while the timed ones (the dense fairseq model, the ONNX models) still run here.
+Bytes: each output's size, and each pruned variant's weights file against its bytes_zip (target <= 1.5x); the
+DVC cache keeps one more copy of every output (cache.type copy, DVC's default without reflinks).
+
+Results merge into reports/rehearsal-models.json (one entry per stage and model: a later run replaces it) and
+reports/rehearsal-models.md is rendered from all entries.
+"""
+import argparse
+import contextlib
+import os
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench import rehearsal
+from bench.loader import ASSUMED_MFU, H100_BF16_FLOPS
+from bench.report import check, table, verdict
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "reports" / "rehearsal-models.json"
+DATA_SCALE = 0.01            # enough text for the paper's vocabularies; the models see a few batches of it
+BATCH = {"pretrain": 4096, "train_mt": 2048, "finetune": 8}  # tokens (sentences for finetune) a batch here
+PAPER_BATCH = {"pretrain": "65,536 tokens", "train_mt": "16,384 tokens", "finetune": "32 sentences"}
+PEAK_RSS_TARGET_MB = 32_000  # issue 32: no model stage above 32 GB at paper size
+DISK_RATIO_TARGET = 1.5      # a pruned variant's bytes on disk / its bytes_zip
+REAL_MIRROR = Path(os.environ.get("DATA_MIRROR", REPO.parent / "shared" / "data"))  # SST-2 is real
+VARIANT_LINE = re.compile(r"evaluate \S+: \[\d+/\d+\] (\S+): .*\(([\d.]+) s\)$")
+
+
+def rehearsal_params(updates: int, examples: int, sentences: int) -> dict:
+    """params.yaml with the paper profile, CPU training for `updates` updates at BATCH, capped evaluation."""
+    sys.path.insert(0, str(REPO / "profiles"))
+    from overrides import merge
+    p = merge(yaml.safe_load((REPO / "params.yaml").read_text()),
+              yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text()))
+    p["training"].update(device="cpu", precision="auto", world_size=1, loader_workers="auto")
+    for stage in ("pretrain", "finetune", "train_mt"):
+        p[stage]["recipe"].update(budget={"seconds": None, "updates": updates}, validate_every=updates,
+                                  valid_batches=1, warmup_updates=1)
+    p["pretrain"]["recipe"]["max_tokens"] = BATCH["pretrain"]
+    p["train_mt"]["recipe"]["max_tokens"] = BATCH["train_mt"]
+    p["finetune"]["recipe"]["batch_size"] = BATCH["finetune"]
+    p["compress"]["int8_check_examples"] = min(p["compress"]["int8_check_examples"], examples)
+    p["evaluate"].update(max_dev_examples=examples, max_test_sentences=sentences, device="cpu")
+    return p
+
+
+def set_values(params: dict, assignments: list[str]) -> dict:
+    """`KEY=VALUE` assignments (dotted keys, YAML values) applied to `params`, as `dvc exp run -S` would."""
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        *parents, last = key.split(".")
+        node = params
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(value)
+    return params
+
+
+def prepare_data(root: Path, logs: Path, scale: float) -> Path:
+    """ROOT/work with the paper profile's binarized data (each made once per ROOT, or by `python -m
+    bench.rehearsal data --keep` there): synthetic WikiText-103, MNLI and WMT'14 at `scale` through fetch and
+    prepare, and the real SST-2 from the mirror."""
+    work = root / "work"
+    outputs = {"wikitext103": "data/bin/mlm", "mnli": "data/bin/glue/mnli", "wmt14_en_fr": "data/bin/mt"}
+    for dataset, output in outputs.items():  # a data rehearsal run with --keep in ROOT made them already
+        if not (work / output).exists():
+            rehearsal.rehearse(dataset, scale, root, logs, keep_outputs=True)
+    if (work / "data/bin/glue/sst2").exists():
+        return work
+    (root / "mirror" / "sst2").unlink(missing_ok=True)
+    (root / "mirror" / "sst2").symlink_to(REAL_MIRROR / "sst2")
+    for cmd in (["stages.fetch", "sst2"], ["stages.prepare_glue", "sst2"]):
+        result = rehearsal.measure([sys.executable, "-m", *cmd], work, rehearsal.stage_env(work),
+                                   logs / f"{'-'.join(cmd)}.log")
+        if result["rc"] != 0:
+            raise SystemExit(f"rehearsal: {' '.join(cmd)} failed; its log: {result['log']}")
+    return work
+
+
+def run_stage(work: Path, logs: Path, stage: str, args: list, outputs: list) -> dict:
+    """One stage, measured; its outputs' bytes. Exits with the log's tail when the stage fails."""
+    name = " ".join([stage, *args])
+    print(f"[rehearsal] {name}", flush=True)
+    result = rehearsal.measure([sys.executable, "-m", f"stages.{stage}", *args], work, rehearsal.stage_env(work),
+                               logs / f"{stage}-{'-'.join(args)}.log")
+    lines = result.pop("lines")
+    if result["rc"] != 0:
+        tail = "\n".join(line for _, line in lines[-15:])
+        raise SystemExit(f"rehearsal: {name} failed (exit {result['rc']}); its log: {result['log']}\n{tail}")
+    result |= {"stage": stage, "args": args, "output_bytes": sum(rehearsal.dir_bytes(work / o) for o in outputs)}
+    if stage == "evaluate":
+        result["variant_seconds"] = {m.group(1): float(m.group(2)) for _, line in lines
+                                     if (m := VARIANT_LINE.search(line))}
+    print(f"[rehearsal]   {result['wall_s']} s, peak RSS {result['peak_rss_mb']} MB, "
+          f"output {result['output_bytes'] / 1e9:.2f} GB", flush=True)
+    return result
+
+
+def variant_bytes(compressed: Path) -> list:
+    """Each variant's bytes on disk (every file but variant.json) against its bytes_zip."""
+    rows = []
+    for described in sorted(compressed.glob("*/variant.json")):
+        v = json.loads(described.read_text())
+        on_disk = sum(f.stat().st_size for f in described.parent.rglob("*") if f.is_file() and f.name != "variant.json")
+        rows.append({"variant": v["variant"], "format": v["format"], "sparsity": v["target_sparsity"],
+                     "bits": v["bits"], "disk_bytes": on_disk, "bytes_zip": v["bytes_zip"],
+                     "ratio": round(on_disk / v["bytes_zip"], 3)})
+    return rows
+
+
+def load_seconds(work: Path, compressed: Path) -> dict:
+    """Seconds load_variant takes for the most sparse fp32 and 4-bit variants: a variant's cost on any device."""
+    from lib.variant_weights import load_variant
+    timed = {}
+    for name in ("s0.90-fp32", "s0.90-q4"):
+        if (compressed / name).is_dir():
+            start = time.time()
+            with contextlib.chdir(work):  # variant.json names its source relative to the workspace
+                load_variant(compressed / name)
+            timed[name] = round(time.time() - start, 2)
+    return timed
+
+
+def model_runs(work: Path, logs: Path, kind: str, size: str, task: str | None, params: dict) -> list:
+    """Training, compress and evaluate of one model; its checkpoints and variants removed afterwards."""
+    if kind == "mt":
+        train = run_stage(work, logs, "train_mt", [size], [f"models/mt/{size}"])
+        model, args, source = f"mt-{size}", ["mt", size], f"models/mt/{size}"
+    else:
+        train = run_stage(work, logs, "finetune", [size, task], [f"models/finetune/{size}-{task}"])
+        model, args, source = f"{size}-{task}", ["glue", size, task], f"models/finetune/{size}-{task}"
+    compress = run_stage(work, logs, "compress", args, [f"models/compressed/{model}"])
+    compress["variants"] = variant_bytes(work / "models/compressed" / model)
+    compress["load_seconds"] = load_seconds(work, work / "models/compressed" / model)
+    evaluate = run_stage(work, logs, "evaluate", args, [f"reports/eval/{model}.csv", f"reports/predictions/{model}"])
+    evaluate["examples"] = params["evaluate"]["max_test_sentences" if kind == "mt" else "max_dev_examples"]
+    shutil.rmtree(work / "models/compressed" / model, ignore_errors=True)
+    shutil.rmtree(work / source, ignore_errors=True)
+    return [{**r, "model": model, "size": size, "kind": kind, "dims": params["models"][kind][size]}
+            for r in (train, compress, evaluate)]
+
+
+def rehearse(args, root: Path, logs: Path) -> list:
+    work = prepare_data(root, logs, args.data_scale)
+    params = set_values(rehearsal_params(args.updates, args.examples, args.sentences), args.set)
+    params["pretrain"]["sizes"] = args.mlm
+    params["train_mt"]["sizes"] = args.mt
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    entries = []
+    for size in args.mlm:
+        entries.append({**run_stage(work, logs, "pretrain", [size], [f"models/pretrain/{size}"]),
+                        "model": size, "size": size, "kind": "mlm", "dims": params["models"]["mlm"][size]})
+        for pair in args.finetune:
+            if pair.split(":")[0] == size:
+                entries += model_runs(work, logs, "mlm", size, pair.split(":")[1], params)
+        shutil.rmtree(work / "models/pretrain" / size, ignore_errors=True)
+    for size in args.mt:
+        entries += model_runs(work, logs, "mt", size, None, params)
+    return entries
+
+
+# ---------------------------------------------------------------- projections and the report
+
+def paper() -> dict:
+    sys.path.insert(0, str(REPO / "profiles"))
+    from overrides import merge
+    return merge(yaml.safe_load((REPO / "params.yaml").read_text()),
+                 yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text()))
+
+
+def forward_flops(entry: dict, p: dict) -> float:
+    """FLOPs of scoring one evaluated example at paper length: 2 N per token (forward), ~40 tokens a GLUE
+    example, a translation's ~30 source tokens through the encoder and its beam's tokens through the decoder."""
+    from lib.model_size import non_embedding_params
+    from lib.schema import ModelSize
+    size = ModelSize(**entry["dims"])
+    if entry["kind"] == "mt":
+        beam = p["evaluate"]["beam"]
+        return 2 * 30 * (non_embedding_params(size) + beam * non_embedding_params(size, decoder=True)
+                         + beam * size.hidden * p["prepare_mt"]["vocab_size"])
+    return 2 * 40 * non_embedding_params(size)
+
+
+def evaluation_projection(entry: dict, p: dict) -> dict:
+    """Seconds of evaluate at the paper's caps: all on this CPU, and on a GPU node (untimed fairseq variants on
+    the GPU: loading plus forward FLOPs; the rest on the CPU as here)."""
+    cap = p["evaluate"]["max_test_sentences" if entry["kind"] == "mt" else "max_dev_examples"]
+    scale = cap / entry["examples"]
+    cpu = sum(entry["variant_seconds"].values()) * scale
+    timed = {"s0.00-fp32"} | {v for v in entry["variant_seconds"] if "onnx" in v}
+    untimed = [v for v in entry["variant_seconds"] if v not in timed]
+    load = max(entry.get("load_seconds", {}).values(), default=0.0)
+    gpu_each = load + cap * forward_flops(entry, p) / (H100_BF16_FLOPS * ASSUMED_MFU)
+    gpu = sum(entry["variant_seconds"][v] for v in timed) * scale + len(untimed) * gpu_each
+    return {"cap": cap, "cpu_s": round(cpu), "gpu_node_s": round(gpu), "untimed_variants": len(untimed),
+            "untimed_each_on_gpu_s": round(gpu_each, 2)}
+
+
+def targets(entries: list) -> list:
+    rows = []
+    for e in entries:
+        rows.append({"name": f"{e['stage']} {e['model']}: peak RSS (MB)", "value": e["peak_rss_mb"],
+                     **check(e["peak_rss_mb"], "<=", PEAK_RSS_TARGET_MB,
+                             f"batch {BATCH[e['stage']]}" if e["stage"] in BATCH else "")})
+        if e["stage"] == "compress":
+            pruned = [v for v in e["variants"] if v["sparsity"] > 0 and "onnx" not in v["format"]]
+            worst = max(pruned, key=lambda v: v["ratio"], default=None)
+            if worst:
+                rows.append({"name": f"compress {e['model']}: worst pruned variant's disk / bytes_zip "
+                                     f"({worst['variant']})", "value": worst["ratio"],
+                             **check(worst["ratio"], "<=", DISK_RATIO_TARGET)})
+    p = paper()
+    for e in entries:
+        if e["stage"] == "evaluate" and e["kind"] == "mlm" and e["size"] == "L24-H768" and "mnli" in e["model"]:
+            minutes = evaluation_projection(e, p)["gpu_node_s"] / 60
+            rows.append({"name": f"evaluate {e['model']} at the paper caps on a GPU node (minutes, projected)",
+                         "value": round(minutes, 1), **check(minutes, "<=", 30)})
+    return rows
+
+
+def markdown(report: dict) -> str:
+    p, entries = paper(), report["entries"]
+    machines = sorted({f"{e['machine']['cpu']}, {e['machine']['cores']} cores, {e['machine']['memory_gb']} GB"
+                       for e in entries})
+    out = ["# Rehearsal of the paper profile's model stages\n",
+           f"Every stage of the paper profile's models at their real sizes (`python -m bench.rehearsal models`; "
+           f"bench/rehearsal_models.py says how), on {'; '.join(machines)}. Training ran a few updates at batches "
+           f"scaled to this machine ({', '.join(f'{k} {v}' for k, v in BATCH.items())}; the paper's: "
+           f"{', '.join(f'{k} {v}' for k, v in PAPER_BATCH.items())}); compress the paper's full grid; evaluate "
+           "capped, then scaled to the paper's caps.\n",
+           "## Targets\n",
+           table(["target", "value", "goal", "verdict (margin)"],
+                 [[t["name"], t["value"], t["goal"], verdict(t)] for t in report["targets"]]),
+           "\n## Stages\n",
+           table(["stage", "model", "wall s", "peak RSS MB", "largest process MB", "peak disk GB", "output GB",
+                  "output + DVC cache GB"],
+                 [[e["stage"], e["model"], e["wall_s"], e["peak_rss_mb"], e["peak_process_rss_mb"],
+                   round(e["peak_disk_bytes"] / 1e9, 2), round(e["output_bytes"] / 1e9, 3),
+                   round(2 * e["output_bytes"] / 1e9, 3)] for e in entries])]
+    evaluations = [(e, evaluation_projection(e, p)) for e in entries if e["stage"] == "evaluate"]
+    out += ["\n## Evaluation at the paper's caps, projected\n",
+            table(["model", "examples run", "paper cap", "this CPU (min)", "GPU node (min)", "untimed variants",
+                   "each on the GPU (s)", "load_variant (s)"],
+                  [[e["model"], e["examples"], x["cap"], round(x["cpu_s"] / 60, 1), round(x["gpu_node_s"] / 60, 1),
+                    x["untimed_variants"], x["untimed_each_on_gpu_s"],
+                    ", ".join(f"{k} {v}" for k, v in e.get("load_seconds", {}).items())] for e, x in evaluations])]
+    compressions = [e for e in entries if e["stage"] == "compress"]
+    out += ["\n## Variant bytes on disk against bytes_zip (pruned fairseq variants)\n",
+            table(["model", "variants", "disk GB (all variants)", "worst ratio", "median ratio"],
+                  [[e["model"], len(e["variants"]), round(sum(v["disk_bytes"] for v in e["variants"]) / 1e9, 2),
+                    max(v["ratio"] for v in e["variants"]),
+                    sorted(v["ratio"] for v in e["variants"])[len(e["variants"]) // 2]] for e in compressions])]
+    return "\n".join(out) + "\n"
+
+
+def merge_entries(old: list, new: list) -> list:
+    key = lambda e: (e["stage"], e["model"])  # noqa: E731
+    keys = {key(e) for e in new}
+    return [e for e in old if key(e) not in keys] + new
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m bench.rehearsal models", description=__doc__.split("\n\n")[0])
+    grid = paper()
+    p.add_argument("--mlm", nargs="*", default=list(grid["pretrain"]["sizes"]), help="masked-LM sizes to pretrain")
+    p.add_argument("--finetune", nargs="*", default=["L6-H256:mnli", "L24-H768:mnli", "L6-H1536:sst2"],
+                   metavar="SIZE:TASK", help="fine-tunings, then compressed and evaluated (of --mlm sizes)")
+    p.add_argument("--mt", nargs="*", default=list(grid["train_mt"]["sizes"]), help="translation sizes")
+    p.add_argument("--updates", type=int, default=2, help="updates a training run (default 2)")
+    p.add_argument("--examples", type=int, default=64, help="GLUE dev examples evaluated (paper cap: 2000)")
+    p.add_argument("--sentences", type=int, default=8, help="test sentences translated (paper cap: 500)")
+    p.add_argument("--data-scale", type=float, default=DATA_SCALE,
+                   help=f"scale of the synthetic corpora (default {DATA_SCALE})")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="params of the rehearsal's workspace changed (dotted keys, YAML values), e.g. "
+                        "'compress.sparsities=[0.0,0.9]'")
+    p.add_argument("--root", type=Path, help="scratch directory (default: a new one in the system's temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep ROOT afterwards (its data serves the next run)")
+    p.add_argument("--out", type=Path, default=OUT)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(sys.argv[1:] if argv is None else argv)
+    root = args.root or Path(tempfile.mkdtemp(prefix="rehearsal-models-"))
+    rehearsal.run_and_report(root, args.keep, args.out,
+                             lambda logs, started: [{**e, "machine": rehearsal.machine(), "when": started}
+                                                    for e in rehearse(args, root, logs)],
+                             merge_entries, targets, markdown)
