@@ -138,10 +138,7 @@ def make_workspace(root: Path, mirror: Path, datasets: list) -> Path:
     from overrides import merge
     from lib.files import file_digest
     work = root / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    for name in ("stages", "lib"):  # a copy: edits to the checkout while this runs do not reach it
-        shutil.rmtree(work / name, ignore_errors=True)
-        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(work)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()),
                    yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text()))
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -152,6 +149,15 @@ def make_workspace(root: Path, mirror: Path, datasets: list) -> Path:
             spec[algorithm] = file_digest(mirror / name / fname, algorithm)
     (work / "datasets.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
     return work
+
+
+def copy_code(work: Path) -> None:
+    """This checkout's stages and lib into WORK: a copy, so edits to the checkout while a rehearsal runs do not
+    reach it."""
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("stages", "lib"):
+        shutil.rmtree(work / name, ignore_errors=True)
+        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def decompression_pass(work: Path, dataset: str) -> dict:
@@ -386,6 +392,11 @@ def run_and_report(root: Path, keep: bool, out: Path, run, merge, targets_of, ma
         raise
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
+    write_report(out, started, entries, merge, targets_of, markdown_of)
+
+
+def write_report(out: Path, started: str, entries: list, merge, targets_of, markdown_of) -> None:
+    """`entries` merged into `out`'s (`merge(old, new)`), with `targets_of(entries)`; the markdown beside it."""
     old = json.loads(out.read_text())["entries"] if out.exists() else []
     report = {"updated": started, "entries": merge(old, entries)}
     report["targets"] = targets_of(report["entries"])

@@ -27,6 +27,7 @@ reports/rehearsal-models.md is rendered from all entries.
 """
 import argparse
 import contextlib
+import csv
 import os
 import json
 import re
@@ -41,6 +42,7 @@ import yaml
 from bench import rehearsal
 from bench.loader import ASSUMED_MFU, H100_BF16_FLOPS
 from bench.report import check, table, verdict
+from lib.variants import is_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "rehearsal-models.json"
@@ -148,41 +150,57 @@ def load_seconds(work: Path, compressed: Path) -> dict:
     return timed
 
 
-def model_runs(work: Path, logs: Path, kind: str, size: str, task: str | None, params: dict) -> list:
-    """Training, compress and evaluate of one model; its checkpoints and variants removed afterwards."""
+def model_runs(work: Path, logs: Path, kind: str, size: str, task: str | None, params: dict,
+               compressed: bool = True) -> list:
+    """Training, compress and evaluate of one model (training only unless `compressed`); its checkpoints and
+    variants removed afterwards."""
     if kind == "mt":
         train = run_stage(work, logs, "train_mt", [size], [f"models/mt/{size}"])
         model, args, source = f"mt-{size}", ["mt", size], f"models/mt/{size}"
     else:
         train = run_stage(work, logs, "finetune", [size, task], [f"models/finetune/{size}-{task}"])
         model, args, source = f"{size}-{task}", ["glue", size, task], f"models/finetune/{size}-{task}"
+    if not compressed:
+        shutil.rmtree(work / source, ignore_errors=True)
+        return [{**train, "model": model, "size": size, "kind": kind, "dims": params["models"][kind][size]}]
     compress = run_stage(work, logs, "compress", args, [f"models/compressed/{model}"])
     compress["variants"] = variant_bytes(work / "models/compressed" / model)
     compress["load_seconds"] = load_seconds(work, work / "models/compressed" / model)
     evaluate = run_stage(work, logs, "evaluate", args, [f"reports/eval/{model}.csv", f"reports/predictions/{model}"])
     evaluate["examples"] = params["evaluate"]["max_test_sentences" if kind == "mt" else "max_dev_examples"]
+    evaluate["load_seconds"] = compress["load_seconds"]  # what a variant costs before it is scored, anywhere
+    with open(work / f"reports/eval/{model}.csv") as f:  # dev splits (MNLI: matched and mismatched)
+        evaluate["splits"] = len({row["split"] for row in csv.DictReader(f)})
     shutil.rmtree(work / "models/compressed" / model, ignore_errors=True)
     shutil.rmtree(work / source, ignore_errors=True)
     return [{**r, "model": model, "size": size, "kind": kind, "dims": params["models"][kind][size]}
             for r in (train, compress, evaluate)]
 
 
-def rehearse(args, root: Path, logs: Path) -> list:
+def rehearse(args, root: Path, logs: Path, save=lambda entries: None) -> list:
+    """Every stage the arguments ask for; `save(entries so far)` after each model, so a rehearsal stopped
+    half-way keeps what it measured."""
     work = prepare_data(root, logs, args.data_scale)
+    rehearsal.copy_code(work)  # this checkout's code, whatever made the data
     params = set_values(rehearsal_params(args.updates, args.examples, args.sentences), args.set)
     params["pretrain"]["sizes"] = args.mlm
+    params["finetune"]["random_init_sizes"] = [s for s in params["finetune"]["random_init_sizes"] if s in args.mlm]
     params["train_mt"]["sizes"] = args.mt
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     entries = []
     for size in args.mlm:
         entries.append({**run_stage(work, logs, "pretrain", [size], [f"models/pretrain/{size}"]),
                         "model": size, "size": size, "kind": "mlm", "dims": params["models"]["mlm"][size]})
+        save(entries)
         for pair in args.finetune:
             if pair.split(":")[0] == size:
                 entries += model_runs(work, logs, "mlm", size, pair.split(":")[1], params)
+                save(entries)
         shutil.rmtree(work / "models/pretrain" / size, ignore_errors=True)
     for size in args.mt:
-        entries += model_runs(work, logs, "mt", size, None, params)
+        entries += model_runs(work, logs, "mt", size, None, params,
+                              compressed=args.mt_compress is None or size in args.mt_compress)
+        save(entries)
     return entries
 
 
@@ -217,9 +235,11 @@ def evaluation_projection(entry: dict, p: dict) -> dict:
     timed = {"s0.00-fp32"} | {v for v in entry["variant_seconds"] if "onnx" in v}
     untimed = [v for v in entry["variant_seconds"] if v not in timed]
     load = max(entry.get("load_seconds", {}).values(), default=0.0)
-    gpu_each = load + cap * forward_flops(entry, p) / (H100_BF16_FLOPS * ASSUMED_MFU)
-    gpu = sum(entry["variant_seconds"][v] for v in timed) * scale + len(untimed) * gpu_each
-    return {"cap": cap, "cpu_s": round(cpu), "gpu_node_s": round(gpu), "untimed_variants": len(untimed),
+    gpu_each = load + cap * entry.get("splits", 1) * forward_flops(entry, p) / (H100_BF16_FLOPS * ASSUMED_MFU)
+    timed_cpu = sum(entry["variant_seconds"][v] for v in timed) * scale
+    gpu = timed_cpu + len(untimed) * gpu_each
+    return {"cap": cap, "cpu_s": round(cpu), "gpu_node_s": round(gpu), "timed_cpu_s": round(timed_cpu),
+            "untimed_variants": len(untimed),
             "untimed_each_on_gpu_s": round(gpu_each, 2)}
 
 
@@ -230,7 +250,7 @@ def targets(entries: list) -> list:
                      **check(e["peak_rss_mb"], "<=", PEAK_RSS_TARGET_MB,
                              f"batch {BATCH[e['stage']]}" if e["stage"] in BATCH else "")})
         if e["stage"] == "compress":
-            pruned = [v for v in e["variants"] if v["sparsity"] > 0 and "onnx" not in v["format"]]
+            pruned = [v for v in e["variants"] if v["sparsity"] > 0 and not is_onnx(v["format"])]
             worst = max(pruned, key=lambda v: v["ratio"], default=None)
             if worst:
                 rows.append({"name": f"compress {e['model']}: worst pruned variant's disk / bytes_zip "
@@ -261,22 +281,29 @@ def markdown(report: dict) -> str:
            "\n## Stages\n",
            table(["stage", "model", "wall s", "peak RSS MB", "largest process MB", "peak disk GB", "output GB",
                   "output + DVC cache GB"],
-                 [[e["stage"], e["model"], e["wall_s"], e["peak_rss_mb"], e["peak_process_rss_mb"],
-                   round(e["peak_disk_bytes"] / 1e9, 2), round(e["output_bytes"] / 1e9, 3),
-                   round(2 * e["output_bytes"] / 1e9, 3)] for e in entries])]
+                 [[e["stage"], e["model"], "stopped" if e["wall_s"] is None else e["wall_s"],
+                   "" if e["peak_rss_mb"] is None else e["peak_rss_mb"], e.get("peak_process_rss_mb") or "",
+                   "" if e.get("peak_disk_bytes") is None else round(e["peak_disk_bytes"] / 1e9, 2),
+                   round(e["output_bytes"] / 1e9, 3), round(2 * e["output_bytes"] / 1e9, 3)] for e in entries])]
     evaluations = [(e, evaluation_projection(e, p)) for e in entries if e["stage"] == "evaluate"]
     out += ["\n## Evaluation at the paper's caps, projected\n",
-            table(["model", "examples run", "paper cap", "this CPU (min)", "GPU node (min)", "untimed variants",
-                   "each on the GPU (s)", "load_variant (s)"],
+            table(["model", "examples run (a split)", "paper cap", "this CPU (min)", "GPU node (min)",
+                   "of which timed formats on the CPU (min)", "untimed variants", "each on the GPU (s)",
+                   "load_variant (s)", "variants measured"],
                   [[e["model"], e["examples"], x["cap"], round(x["cpu_s"] / 60, 1), round(x["gpu_node_s"] / 60, 1),
-                    x["untimed_variants"], x["untimed_each_on_gpu_s"],
-                    ", ".join(f"{k} {v}" for k, v in e.get("load_seconds", {}).items())] for e, x in evaluations])]
-    compressions = [e for e in entries if e["stage"] == "compress"]
+                    round(x["timed_cpu_s"] / 60, 1), x["untimed_variants"], x["untimed_each_on_gpu_s"],
+                    ", ".join(f"{k} {v}" for k, v in e.get("load_seconds", {}).items()),
+                    e.get("variants_measured", "all")] for e, x in evaluations])]
+    compressions = [(e, sorted(v["ratio"] for v in e["variants"] if v["sparsity"] > 0 and not is_onnx(v["format"])))
+                    for e in entries if e["stage"] == "compress"]
     out += ["\n## Variant bytes on disk against bytes_zip (pruned fairseq variants)\n",
-            table(["model", "variants", "disk GB (all variants)", "worst ratio", "median ratio"],
+            table(["model", "variants (all)", "disk GB (all variants)", "pruned fairseq variants", "worst ratio",
+                   "median ratio"],
                   [[e["model"], len(e["variants"]), round(sum(v["disk_bytes"] for v in e["variants"]) / 1e9, 2),
-                    max(v["ratio"] for v in e["variants"]),
-                    sorted(v["ratio"] for v in e["variants"])[len(e["variants"]) // 2]] for e in compressions])]
+                    len(r), r[-1] if r else "", r[len(r) // 2] if r else ""] for e, r in compressions])]
+    rebuilt = [f"{e['stage']} {e['model']} ({e['from']})" for e in entries if e.get("from")]
+    if rebuilt:
+        out += ["\nRebuilt from the logs of a stopped run (no disk or largest-process figures): " + "; ".join(rebuilt)]
     return "\n".join(out) + "\n"
 
 
@@ -293,6 +320,8 @@ def parse(argv):
     p.add_argument("--finetune", nargs="*", default=["L6-H256:mnli", "L24-H768:mnli", "L6-H1536:sst2"],
                    metavar="SIZE:TASK", help="fine-tunings, then compressed and evaluated (of --mlm sizes)")
     p.add_argument("--mt", nargs="*", default=list(grid["train_mt"]["sizes"]), help="translation sizes")
+    p.add_argument("--mt-compress", nargs="*", metavar="SIZE",
+                   help="the --mt sizes also compressed and evaluated (default: all)")
     p.add_argument("--updates", type=int, default=2, help="updates a training run (default 2)")
     p.add_argument("--examples", type=int, default=64, help="GLUE dev examples evaluated (paper cap: 2000)")
     p.add_argument("--sentences", type=int, default=8, help="test sentences translated (paper cap: 500)")
@@ -310,7 +339,10 @@ def parse(argv):
 def main(argv=None):
     args = parse(sys.argv[1:] if argv is None else argv)
     root = args.root or Path(tempfile.mkdtemp(prefix="rehearsal-models-"))
-    rehearsal.run_and_report(root, args.keep, args.out,
-                             lambda logs, started: [{**e, "machine": rehearsal.machine(), "when": started}
-                                                    for e in rehearse(args, root, logs)],
-                             merge_entries, targets, markdown)
+
+    def run(logs, started):
+        stamp = lambda entries: [{**e, "machine": rehearsal.machine(), "when": started} for e in entries]  # noqa: E731
+        return stamp(rehearse(args, root, logs, lambda entries: rehearsal.write_report(
+            args.out, started, stamp(entries), merge_entries, targets, markdown)))
+
+    rehearsal.run_and_report(root, args.keep, args.out, run, merge_entries, targets, markdown)

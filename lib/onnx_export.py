@@ -1,6 +1,7 @@
 """What both ONNX exports (lib/hf_roberta.py, lib/hf_m2m100.py) share: ONNX Runtime's int8 quantization in the
 format the CPU computes fastest and correctly, checked against fp32 with a fallback; its 4-bit block
-quantization (MatMulNBits); and a quiet export.
+quantization (MatMulNBits); the files of a model over protobuf's 2 GB limit (weights in external data, beside
+the .onnx); and a quiet export.
 
 int8 schemes (dynamic: activation scales computed at run time, no calibration data; weights per channel).
 ONNX Runtime's u8 x s8 kernel is the fast one: VPDPBUSD where the CPU has VNNI (AVX-512 VNNI;
@@ -16,6 +17,7 @@ session loads the graph. And ORT's quantizer cannot quantize a fused graph (no s
 contrib Attention / SkipLayerNormalization ops), so the int8 models could not use them at all."""
 import contextlib
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -34,6 +36,10 @@ VNNI_FLAGS = ("avx512_vnni", "amx_int8")  # as lib.hardware.isa_flags() lists th
 # dev accuracy (fp32 73.6); the L4-H256 translator's next-token agreement with fp32 is 0.942 / 0.941 / 0.936
 INT4_BLOCK = 128
 INT4_SCHEME = f"s4 weights in blocks of {INT4_BLOCK}, u8 activations"  # what variant.json records
+# protobuf cannot serialize a message of 2 GiB or more, so a model file this large (weights included) cannot be
+# written or read whole: its weights go to an external data file beside it. Less a margin: a model this close
+# to the limit takes that layout too, whatever the quantizers add to its graph
+EXTERNAL_DATA_BYTES = 2**31 - 2**27
 
 
 def quantization_columns(quantized: dict) -> tuple[str, object, str]:
@@ -62,10 +68,13 @@ def quantize_int8(fp32_dir: Path, file_name: str, int8_dir: Path, scheme: str,
     (INT8_SCHEMES)."""
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    source = Path(fp32_dir) / file_name
     constructor, options = INT8_SCHEMES[scheme]
     qconfig = getattr(AutoQuantizationConfig, constructor)(
-        is_static=False, per_channel=True, nodes_to_exclude=activation_matmuls(Path(fp32_dir) / file_name), **options)
-    ORTQuantizer.from_pretrained(fp32_dir, file_name=file_name).quantize(qconfig, save_dir=int8_dir, file_suffix=suffix)
+        is_static=False, per_channel=True, nodes_to_exclude=activation_matmuls(source), **options)
+    remove_model(Path(int8_dir) / f"{source.stem}{f'_{suffix}' if suffix else ''}.onnx")  # the name optimum writes
+    ORTQuantizer.from_pretrained(fp32_dir, file_name=file_name).quantize(
+        qconfig, save_dir=int8_dir, file_suffix=suffix, use_external_data_format=external_data(source))
 
 
 def activation_matmuls(path: Path) -> list[str]:
@@ -73,7 +82,8 @@ def activation_matmuls(path: Path) -> list[str]:
     Dynamic quantization of both operands costs more than it saves, and blocks the fusion of K's transpose
     into the MatMul: measured on a translator's decoder (L4-H256, batch 32, beam 4), Transpose took 35% of
     its kernel time when they were quantized (ONNX Runtime's profiler), and fp32 generation beat int8.
-    ONNX Runtime's own quantize_dynamic calls this MatMulConstBOnly; optimum does not expose it."""
+    ONNX Runtime's own quantize_dynamic calls this MatMulConstBOnly; optimum does not expose it. Reads the graph
+    and the weights' names only, not the weights: a model in external data costs no more."""
     import onnx
     model = onnx.load(str(path), load_external_data=False)
     weights = {tensor.name for tensor in model.graph.initializer}
@@ -107,16 +117,20 @@ def quantize_int4(fp32_dir: Path, file_name: str, int4_dir: Path, out_name: str)
     MatMul with a constant weight becomes MatMulNBits and every embedding Gather GatherBlockQuantized,
     symmetric int4 in blocks of INT4_BLOCK with one fp32 scale each (4.25 bits a weight with the scales).
     accuracy_level 4: the activations are quantized to int8 per block at run time, so the kernel can use
-    the CPU's int8 dot products instead of dequantizing every weight to fp32."""
+    the CPU's int8 dot products instead of dequantizing every weight to fp32.
+    The model is loaded with its external data and quantized in memory (the quantizer's default algorithm never
+    serializes it whole), so a model over 2 GB takes the same path, saved in external data as well."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    model = gemms_as_matmuls(onnx.load(str(Path(fp32_dir) / file_name)))
+    source, target = Path(fp32_dir) / file_name, Path(int4_dir) / out_name
+    model = gemms_as_matmuls(onnx.load(str(source)))  # external data too, from beside the file
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=4,
                                      op_types_to_quantize=("MatMul", "Gather"),
                                      quant_axes=(("MatMul", 0), ("Gather", 1)))
     quantizer.process()
     Path(int4_dir).mkdir(parents=True, exist_ok=True)
-    quantizer.model.save_model_to_file(str(Path(int4_dir) / out_name), use_external_data_format=False)
+    remove_model(target)
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=external_data(source))
 
 
 def gemms_as_matmuls(model):
@@ -151,13 +165,47 @@ def gemms_as_matmuls(model):
     return model
 
 
+def external_data(fp32_path: Path) -> bool:
+    """Whether the int8 and int4 models quantized from the fp32 ONNX model at `fp32_path` keep their weights in an
+    external data file (`<their file>.data`, ONNX Runtime's name) beside the .onnx: when the fp32 model does
+    (optimum's export switches by itself above 2 GB, writing `<file>_data`), when its bytes come within a margin
+    of protobuf's limit (EXTERNAL_DATA_BYTES), or when FORCE_ONNX_EXTERNAL_DATA=1: optimum's own switch, which
+    forces its fp32 export too, so a tiny model takes a large one's path (the tests). Each file decides for
+    itself: a translator's encoder and decoders are separate models."""
+    return os.environ.get("FORCE_ONNX_EXTERNAL_DATA") == "1" or len(model_files(Path(fp32_path))) > 1 \
+        or Path(fp32_path).stat().st_size >= EXTERNAL_DATA_BYTES
+
+
+def model_files(path: Path) -> list[Path]:
+    """The ONNX model at `path` and the external data files it names (beside it): what loading it reads."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+    model = onnx.load(str(path), load_external_data=False)
+    return [path, *sorted({path.parent / ExternalDataInfo(t).location for t in _get_all_tensors(model)
+                           if uses_external_data(t)})]
+
+
+def onnx_files(directory: Path) -> list[Path]:
+    """A deployment model's files: each .onnx in `directory` and its external data files, if any."""
+    return sorted({f for model in Path(directory).glob("*.onnx") for f in model_files(model)})
+
+
+def remove_model(path: Path) -> None:
+    """Delete the ONNX model at `path`, if there is one, with its external data files: onnx appends external
+    data to a file already there, so a model written again (checked_int8's fallback) would keep the old weights."""
+    if path.exists():
+        for f in model_files(path):
+            f.unlink(missing_ok=True)
+
+
 def zipped_bytes(directory: Path) -> int:
-    """The size of a zip (deflate) of a deployment model's .onnx files: its bytes_zip in variant.json."""
+    """The size of a zip (deflate) of a deployment model's files (onnx_files: the .onnx files and their external
+    data): its bytes_zip in variant.json."""
     import io
     import zipfile
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(Path(directory).glob("*.onnx")):
+        for f in onnx_files(directory):
             z.writestr(f.name, f.read_bytes())  # one deflate call, which releases the GIL (compress zips in a thread)
     return buffer.tell()
 

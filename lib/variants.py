@@ -7,7 +7,8 @@ from lib.errors import StageError
 
 COMPRESSED_DIR = Path("models/compressed")
 VARIANT_FILE = "variant.json"   # in every variant directory: what it is, its sizes, its source checkpoint
-WEIGHTS_FILE = "weights.pt"     # a fairseq variant's matrices (fp32, or packed k-bit codes and scales)
+WEIGHTS_FILE = "weights.pt"     # a fairseq variant's matrices (fp32, or packed k-bit codes and scales; each dense or
+                                # a bitmask and its non-zeros: lib/variant_weights.compact)
 RECOVERED_DIR = "recovered"     # recovered/s<sparsity>/: the checkpoint after recovery fine-tuning
 # variant.json's `format`: how the variant is stored and run
 FAIRSEQ_FP32, SIMULATED, ONNX_FP32, ONNX_INT8, ONNX_INT4 = \

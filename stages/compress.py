@@ -12,8 +12,8 @@ With `compress.recovery` set, each pruned model is first fine-tuned again with i
 start from the recovered weights, kept in recovered/s<sparsity>/ with the recovery's learning curve.
 
 Each variant stores only the matrices compression changes (k-bit variants as packed k-bit codes plus
-scales, so bytes on disk are honest: lib/quantization.py); lib/variants.load_variant puts them back into
-the source checkpoint.
+scales, so bytes on disk are honest; each matrix dense or, where smaller, as a bitmask and its non-zeros:
+lib/variant_weights.py); lib/variant_weights.load_variant puts them back into the source checkpoint.
 ONNX variants are standalone directories that optimum loads. Every variant has a variant.json.
 
 Writes models/compressed/<size>-<task>/ (GLUE) or models/compressed/mt-<size>/ (translation).
@@ -37,11 +37,11 @@ from lib.files import atomic_dir, read_lines, scratch_dir, sha256sum, write_json
 from lib.glue import read_tsv
 from lib.glue_task import GLUE_DATA, class_labels, glue_meta, label_names
 from lib.harness import WORK_DIR, run_fingerprint, train_with_budget
-from lib.onnx_export import zipped_bytes
+from lib.onnx_export import onnx_files, zipped_bytes
 from lib.params import load_params
 from lib.recipes import MT_DATA, finetune_args, translation_args
 from lib.stage import run_stage
-from lib.variant_weights import quantize
+from lib.variant_weights import compact, quantize
 from lib.variants import (COMPRESSED_DIR, FAIRSEQ_FP32, ONNX_FORMATS, RECOVERED_DIR, SIMULATED, VARIANT_FILE,
                           WEIGHTS_FILE, model_arg, sparsity_tag, variant_name)
 
@@ -103,8 +103,10 @@ def main(argv):
                     stored = {k: q for k, (q, _) in quantized.items()}
                     # rounding sends more small weights to zero
                     nonzero = total - zeros_outside - sum(z for _, z in quantized.values())
+                # on disk each matrix in the smaller of its dense and sparse forms; bytes and bytes_zip below
+                # measure the dense form (bytes_zip: what the non-zeros need, the yardstick of the file's size)
                 with open(variant / WEIGHTS_FILE, "wb") as f:  # a full disk: OSError(ENOSPC), not a bare RuntimeError
-                    torch.save(stored, f)
+                    torch.save({k: compact(v) for k, v in stored.items()}, f)
                 matrix_bytes = sum(w.numel() * bits // 8 for w in pruned.values())
                 pending.append((variant / VARIANT_FILE, {
                     **common, "variant": variant.name, "bits": bits, "nonzero_parameters": nonzero,
@@ -220,7 +222,7 @@ def scale_bytes(stored: dict) -> int:
 
 
 def packed_tensors(stored: dict) -> dict:
-    """The tensors a variant stores, flattened: fp32 matrices, or packed codes and scales."""
+    """The tensors of a variant's dense form, flattened: fp32 matrices, or packed codes and scales."""
     flat = {}
     for k, v in stored.items():
         if isinstance(v, dict):
@@ -262,11 +264,10 @@ def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common:
     pending = []
     for suffix, bits, fmt in ONNX_FORMATS:
         directory = dirs[suffix]
-        onnx_files = sorted(directory.glob("*.onnx"))
+        files = {f.name: f.stat().st_size for f in onnx_files(directory)}  # .onnx and external data
         pending.append((directory / VARIANT_FILE, {
             **common, "variant": directory.name, "bits": bits, "format": fmt,
-            "bytes": sum(f.stat().st_size for f in onnx_files), "bytes_zip": None,
-            "files": {f.name: f.stat().st_size for f in onnx_files},
+            "bytes": sum(files.values()), "bytes_zip": None, "files": files,
             **({"quantization": checked[suffix]} if suffix in checked else {})},
             [zipper.submit(zipped_bytes, directory)]))
     log(f"compress: sparsity {sparsity}: int8 {checked['int8']['scheme']} ({checked['int8']['why']}), agreement "

@@ -11,7 +11,7 @@ from stages.compress import LAYER_MATRIX
 from lib.checkpoints import load_checkpoint
 from lib.errors import StageError
 from lib.variants import WEIGHTS_FILE
-from lib.variant_weights import dequantize, load_variant
+from lib.variant_weights import dense, load_variant
 
 
 def compress_params(**edits):
@@ -49,13 +49,21 @@ def test_every_sparsity_and_bits_variant_exists_loads_and_is_truly_sparse(in_tra
         # only the layer matrices changed; embeddings, norms, biases and the head are untouched
         assert all(torch.equal(state[k], source[k]) for k in state if k not in matrices)
         assert v["nonzero_parameters"] <= v["parameters"] - zeros + 10
-    # pruned weights are zero in the saved file itself, not only after loading
+    # pruned weights are zero in the saved file itself, not only after loading: it holds only the non-zeros
     saved = torch.load(out / "s0.90-fp32" / WEIGHTS_FILE, weights_only=True)
-    assert sum(int((w == 0).sum()) for w in saved.values()) >= 0.9 * sum(w.numel() for w in saved.values()) - 1
+    assert all(set(m) == {"mask", "values", "shape"} for m in saved.values())  # the sparse form
+    weights = sum(dense(m).numel() for m in saved.values())
+    assert sum(int((dense(m) == 0).sum()) for m in saved.values()) >= 0.9 * weights - 1
+    assert sum(m["values"].numel() for m in saved.values()) <= 0.1 * weights + 1
     # storage follows bits and sparsity
     for s in ("0.00", "0.50", "0.90"):
         assert found[f"s{s}-q4"]["bytes"] < found[f"s{s}-q8"]["bytes"] < found[f"s{s}-fp32"]["bytes"]
         assert (out / f"s{s}-q4" / WEIGHTS_FILE).stat().st_size < (out / f"s{s}-fp32" / WEIGHTS_FILE).stat().st_size
+    for name, v in found.items():  # the real size of the file, whatever form it stores
+        assert v["files"] == {WEIGHTS_FILE: (out / name / WEIGHTS_FILE).stat().st_size}
+    for b in ("fp32", "q4", "q8"):  # the file follows the non-zeros
+        sizes = [(out / f"s{s}-{b}" / WEIGHTS_FILE).stat().st_size for s in ("0.90", "0.50", "0.00")]
+        assert sizes[0] < sizes[1] <= sizes[2], (b, sizes)
     assert found["s0.90-fp32"]["bytes_zip"] < found["s0.50-fp32"]["bytes_zip"] < found["s0.00-fp32"]["bytes_zip"]
     assert found["s0.00-fp32"]["bytes"] == 4 * found["s0.00-fp32"]["parameters"]
 
@@ -68,11 +76,11 @@ def test_quantization_error_is_within_half_a_step_and_keeps_pruned_zeros(in_trai
     for bits in (3, 6):
         stored = torch.load(out / f"s0.50-q{bits}" / WEIGHTS_FILE, weights_only=True)
         for k, w in pruned.items():
-            q = stored[k]
+            q, w = stored[k], dense(w)
             assert q["scale"].numel() == 1  # per tensor
-            assert (dequantize(q) - w).abs().max() <= q["scale"] / 2 + 1e-6
-            assert torch.all(dequantize(q)[w == 0] == 0)
-            levels = torch.unique(torch.round(dequantize(q) / q["scale"]))
+            assert (dense(q) - w).abs().max() <= q["scale"] / 2 + 1e-6
+            assert torch.all(dense(q)[w == 0] == 0)
+            levels = torch.unique(torch.round(dense(q) / q["scale"]))
             assert len(levels) <= 2 ** bits - 1
 
 
@@ -81,7 +89,7 @@ def test_layer_scope_prunes_every_matrix_to_the_target(in_trained_project):
     compress.main(["glue", "T1", "sst2"])
     saved = torch.load(Path("models/compressed/T1-sst2/s0.70-fp32") / WEIGHTS_FILE, weights_only=True)
     for k, w in saved.items():
-        assert abs(float((w == 0).float().mean()) - 0.7) < 0.02, k
+        assert abs(float((dense(w) == 0).float().mean()) - 0.7) < 0.02, k
 
 
 def test_translation_model_variants_load(in_trained_project):
