@@ -190,6 +190,14 @@ def onnx_files(directory: Path) -> list[Path]:
     return sorted({f for model in Path(directory).glob("*.onnx") for f in model_files(model)})
 
 
+def share(directory: Path) -> None:
+    """Make every file of the deployment model in `directory` readable by all, as the .onnx files are: onnx writes
+    external data files for their owner only (mode 0600), so a model shared on a cluster would not load for
+    another user."""
+    for f in onnx_files(directory):
+        f.chmod(f.stat().st_mode | 0o044)
+
+
 def remove_model(path: Path) -> None:
     """Delete the ONNX model at `path`, if there is one, with its external data files: onnx appends external
     data to a file already there, so a model written again (checked_int8's fallback) would keep the old weights."""

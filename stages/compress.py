@@ -37,7 +37,7 @@ from lib.files import atomic_dir, read_lines, scratch_dir, sha256sum, write_json
 from lib.glue import read_tsv
 from lib.glue_task import GLUE_DATA, class_labels, glue_meta, label_names
 from lib.harness import WORK_DIR, run_fingerprint, train_with_budget
-from lib.onnx_export import onnx_files, zipped_bytes
+from lib.onnx_export import onnx_files, share, zipped_bytes
 from lib.params import load_params
 from lib.recipes import MT_DATA, finetune_args, translation_args
 from lib.stage import run_stage
@@ -264,6 +264,7 @@ def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common:
     pending = []
     for suffix, bits, fmt in ONNX_FORMATS:
         directory = dirs[suffix]
+        share(directory)
         files = {f.name: f.stat().st_size for f in onnx_files(directory)}  # .onnx and external data
         pending.append((directory / VARIANT_FILE, {
             **common, "variant": directory.name, "bits": bits, "format": fmt,

@@ -176,3 +176,20 @@ def test_external_data_is_chosen_near_the_limit_or_forced(exported, monkeypatch)
     monkeypatch.delenv("FORCE_ONNX_EXTERNAL_DATA")
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", plain.stat().st_size)
     assert external_data(plain)
+
+
+def test_shared_model_files_are_readable_by_every_user(tmp_path):
+    """onnx writes external data for its owner only (0600): share() opens every file of the model to all readers."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from lib.onnx_export import share
+    weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weight])
+    onnx.save_model(helper.make_model(graph), str(tmp_path / "model.onnx"), save_as_external_data=True,
+                    location="model.onnx.data", size_threshold=0)
+    share(tmp_path)
+    assert [oct(f.stat().st_mode & 0o777) for f in sorted(tmp_path.iterdir())] == ["0o644", "0o644"]
+
