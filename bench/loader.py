@@ -20,13 +20,12 @@ import json
 import math
 import multiprocessing
 import os
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from bench.report import check, table, verdict
+from bench.report import check, paper_params, table, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "loader.json"
@@ -37,13 +36,10 @@ SMALLEST = {"mlm": "L6-H256", "mt": "L6-H512"}  # the smallest size of each pape
 TARGET_HEADROOM = 3.0      # loaders must build >= 3x the batches the GPU takes
 
 
-def paper_params():
-    """params.yaml with profiles/paper.yaml merged: the recipes whose batches a paper run builds."""
-    sys.path.insert(0, str(REPO / "profiles"))
-    from overrides import merge
+def paper():
+    """The paper profile's params, validated (lib.params.Params): the recipes whose batches a paper run builds."""
     from lib.params import Params
-    merged = merge(yaml.safe_load((REPO / "params.yaml").read_text()),
-                   yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text()))
+    merged = paper_params()
     merged["training"] |= {"device": "cpu", "precision": "fp32"}
     return Params.model_validate({**merged, **yaml.safe_load((REPO / "datasets.yaml").read_text())})
 
@@ -51,7 +47,7 @@ def paper_params():
 def loader_args(task: str, workers: int) -> list[str]:
     """fairseq-train's flags of the paper profile's recipe for `task`, with `workers` loader workers."""
     from lib.recipes import pretrain_args, translation_args
-    args, _ = (pretrain_args if task == "mlm" else translation_args)(paper_params(), SMALLEST[task])
+    args, _ = (pretrain_args if task == "mlm" else translation_args)(paper(), SMALLEST[task])
     args = [str(a) for a in args]
     args[args.index("--num-workers") + 1] = str(workers)
     return args
@@ -109,7 +105,7 @@ def step_flops(task: str) -> float:
     score and value products), and the output projection (6 V H per predicted token: the masked 15% for the
     masked LM, every target token for translation; 32k and 40k vocabularies)."""
     from lib.model_size import non_embedding_params
-    params = paper_params()
+    params = paper()
     if task == "mlm":
         size, recipe = params.models.mlm[SMALLEST[task]], params.pretrain.recipe
         tokens, length = recipe.max_tokens, recipe.tokens_per_sample
@@ -131,17 +127,17 @@ def gpu_needs(task: str) -> dict:
 
 def targets(report: dict) -> list:
     from lib.devices import loader_workers
-    params = paper_params()
+    params = paper()
     gpu = params.training.model_copy(update={"loader_workers": "auto", "world_size": 1})
     workers = loader_workers(gpu, "cuda", cores=GPU_NODE_CORES)
     rows = []
     for task, rate in report["per_worker"].items():
-        need = report["gpu"][task]["steps_per_s"] * TARGET_HEADROOM
-        built = workers * rate  # workers build batches independently: the rate adds up while cores are free
+        steps = report["gpu"][task]["steps_per_s"]
+        ratio = workers * rate / steps  # workers build batches independently: the rate adds up while cores are free
         rows.append({"name": f"{task}: batches/s of {workers} workers (auto on a {GPU_NODE_CORES}-core node) / "
-                             f"{SMALLEST[task]}'s H100 steps/s", "value": round(built / (need / TARGET_HEADROOM), 2),
-                     "workers": workers, "workers_needed": math.ceil(need / rate),
-                     **check(built / (need / TARGET_HEADROOM), ">=", TARGET_HEADROOM)})
+                             f"{SMALLEST[task]}'s H100 steps/s", "value": round(ratio, 2),
+                     "workers": workers, "workers_needed": math.ceil(TARGET_HEADROOM * steps / rate),
+                     **check(ratio, ">=", TARGET_HEADROOM)})
     return rows
 
 

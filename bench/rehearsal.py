@@ -33,7 +33,7 @@ import psutil
 import yaml
 
 from bench import synthetic
-from bench.report import check, table, verdict
+from bench.report import check, paper_params, table, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "rehearsal-data.json"
@@ -134,13 +134,10 @@ def dir_bytes(path: Path) -> int:
 def make_workspace(root: Path, mirror: Path, datasets: list) -> Path:
     """ROOT/work: a copy of this checkout's stages and lib, params.yaml with the paper profile, and the catalog with
     the synthetic files' checksums in place of the real ones (URLs kept: the mirror is found first)."""
-    sys.path.insert(0, str(REPO / "profiles"))
-    from overrides import merge
     from lib.files import file_digest
     work = root / "work"
     copy_code(work)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()),
-                   yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text()))
+    params = paper_params()
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     catalog = yaml.safe_load((REPO / "datasets.yaml").read_text())
     for name in datasets:

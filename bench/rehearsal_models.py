@@ -41,7 +41,7 @@ import yaml
 
 from bench import rehearsal
 from bench.loader import ASSUMED_MFU, H100_BF16_FLOPS
-from bench.report import check, table, verdict
+from bench.report import check, paper_params, table, verdict
 from lib.variants import is_onnx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,10 +57,7 @@ VARIANT_LINE = re.compile(r"evaluate \S+: \[\d+/\d+\] (\S+): .*\(([\d.]+) s\)$")
 
 def rehearsal_params(updates: int, examples: int, sentences: int) -> dict:
     """params.yaml with the paper profile, CPU training for `updates` updates at BATCH, capped evaluation."""
-    sys.path.insert(0, str(REPO / "profiles"))
-    from overrides import merge
-    p = merge(yaml.safe_load((REPO / "params.yaml").read_text()),
-              yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text()))
+    p = paper_params()
     p["training"].update(device="cpu", precision="auto", world_size=1, loader_workers="auto")
     for stage in ("pretrain", "finetune", "train_mt"):
         p[stage]["recipe"].update(budget={"seconds": None, "updates": updates}, validate_every=updates,
@@ -206,13 +203,6 @@ def rehearse(args, root: Path, logs: Path, save=lambda entries: None) -> list:
 
 # ---------------------------------------------------------------- projections and the report
 
-def paper() -> dict:
-    sys.path.insert(0, str(REPO / "profiles"))
-    from overrides import merge
-    return merge(yaml.safe_load((REPO / "params.yaml").read_text()),
-                 yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text()))
-
-
 def forward_flops(entry: dict, p: dict) -> float:
     """FLOPs of scoring one evaluated example at paper length: 2 N per token (forward), ~40 tokens a GLUE
     example, a translation's ~30 source tokens through the encoder and its beam's tokens through the decoder."""
@@ -256,7 +246,7 @@ def targets(entries: list) -> list:
                 rows.append({"name": f"compress {e['model']}: worst pruned variant's disk / bytes_zip "
                                      f"({worst['variant']})", "value": worst["ratio"],
                              **check(worst["ratio"], "<=", DISK_RATIO_TARGET)})
-    p = paper()
+    p = paper_params()
     for e in entries:
         if e["stage"] == "evaluate" and e["kind"] == "mlm" and e["size"] == "L24-H768" and "mnli" in e["model"]:
             minutes = evaluation_projection(e, p)["gpu_node_s"] / 60
@@ -266,7 +256,7 @@ def targets(entries: list) -> list:
 
 
 def markdown(report: dict) -> str:
-    p, entries = paper(), report["entries"]
+    p, entries = paper_params(), report["entries"]
     machines = sorted({f"{e['machine']['cpu']}, {e['machine']['cores']} cores, {e['machine']['memory_gb']} GB"
                        for e in entries})
     out = ["# Rehearsal of the paper profile's model stages\n",
@@ -315,7 +305,7 @@ def merge_entries(old: list, new: list) -> list:
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m bench.rehearsal models", description=__doc__.split("\n\n")[0])
-    grid = paper()
+    grid = paper_params()
     p.add_argument("--mlm", nargs="*", default=list(grid["pretrain"]["sizes"]), help="masked-LM sizes to pretrain")
     p.add_argument("--finetune", nargs="*", default=["L6-H256:mnli", "L24-H768:mnli", "L6-H1536:sst2"],
                    metavar="SIZE:TASK", help="fine-tunings, then compressed and evaluated (of --mlm sizes)")

@@ -1,5 +1,21 @@
-"""The targets, checked beside each measured value, and the markdown report of a benchmark run."""
+"""The targets, checked beside each measured value, and the markdown report of a benchmark run; the paper
+profile's params, which the rehearsals and the loader bench measure."""
+import sys
+from pathlib import Path
+
+import yaml
+
 from bench.deployment import FORMATS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def paper_params() -> dict:
+    """params.yaml with profiles/paper.yaml merged (profiles/overrides.merge), as `make repro PROFILE=paper` runs."""
+    sys.path.insert(0, str(REPO / "profiles"))
+    from overrides import merge
+    return merge(yaml.safe_load((REPO / "params.yaml").read_text()),
+                 yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text()))
 
 
 def check(value, goal: str, threshold: float, note: str = "") -> dict:

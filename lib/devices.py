@@ -30,7 +30,9 @@ def evaluation_device(device: str, cuda_available: bool | None = None) -> str:
         cuda_available = torch.cuda.is_available()
     if device == "cuda" and not cuda_available:
         raise StageError("params.yaml: evaluate.device is 'cuda' but torch sees no GPU; use 'auto' or 'cpu'")
-    return "cuda" if device == "auto" and cuda_available else "cpu" if device == "auto" else device
+    if device == "auto":
+        return "cuda" if cuda_available else "cpu"
+    return device
 
 
 def device_name(device: str) -> str:

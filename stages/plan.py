@@ -199,9 +199,9 @@ def task_section(task: str, plan: dict) -> str:
                      f"predicted loss at {plan['target']:g} {unit}": p["loss"], "95% interval": span(p["interval"], 4),
                      "best in resamples": f"{p['best_share']:.0%}", "full run: measured": full.get("measured", ""),
                      "predicted at its tokens": full.get("predicted_at_tokens", ""),
-                     "error (bits)": full.get("error_at_tokens", ""),
+                     "error at its tokens (bits)": full.get("error_at_tokens", ""),
                      f"predicted at its {unit}": full.get("predicted", ""),
-                     "error (bits) ": full.get("error", "")})
+                     f"error at its {unit} (bits)": full.get("error", "")})
     crossings = pd.DataFrame([{"sweep": x["sweep"], "smaller": x["small"], "larger": x["large"],
                                f"larger wins from ({unit})": crossover_cell(x, plan),
                                "95% interval": span(x["interval"]),
