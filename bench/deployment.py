@@ -1,8 +1,8 @@
 """Deployment speed: PyTorch fp32 (the fairseq model), ONNX Runtime fp32, int8 and int4 of each
 fine-tuned classifier and translation model, measured exactly as `python -m stages.evaluate` measures
-them (its GlueEval / TranslationEval, hence its `scoring_pass`, `speed` and `load_onnx`): batch-1 latency
-over `evaluate.latency_examples` dev inputs (median of `evaluate.repeats` runs) and throughput at
-`evaluate.batch_size` (the scoring pass over the whole set, after a warm-up), `evaluate.threads` threads
+them (its GlueEval / TranslationEval, hence its `speed` and `load_onnx`): batch-1 latency over
+`evaluate.latency_examples` dev inputs (median of `evaluate.repeats` runs) and throughput at
+`evaluate.batch_size` over `evaluate.throughput_examples` (after a warm-up), `evaluate.threads` threads
 (torch and ONNX Runtime intra-op),
 on real dev sentences (GLUE) and test sentences (translation), with the dev accuracy / test BLEU of each
 format. PyTorch runs on token tensors, ONNX Runtime on raw text (its timing includes tokenization).

@@ -14,11 +14,12 @@ profile's full grid (10 sparsities x fp32 and 4/6/8 bits, ONNX fp32, int8 and in
 with the dev and test sets capped at --examples / --sentences.
 
 Projected to the paper profile as configured: training takes its budget (wall clock, on any machine);
-compress takes what it took here (CPU work, the same on a GPU node's CPU); evaluate's seconds per variant are
-scaled to the paper's caps (every second counted as per-example: an upper bound, since loading a variant is
-not), on this CPU, and on a GPU node where the untimed fairseq variants score on the GPU (evaluate.device):
-there they cost their loading (measured here, load_variant) plus their forward passes at a third of an H100's
-bf16 peak (bench/loader.py), while the timed ones (the dense fairseq model, the ONNX models) still run here.
+compress takes what it took here (CPU work, the same on a GPU node's CPU); evaluate's scoring seconds per
+variant (the stage logs each variant's seconds and, apart, its timing's) are scaled to the paper's caps (with
+the variant's loading: an upper bound) and its timing, on a fixed sample, kept as measured; on this CPU, and on
+a GPU node where every fairseq variant scores on the GPU (evaluate.device), costing its loading (measured here,
+load_variant) plus its forward passes at a third of an H100's bf16 peak (bench/loader.py), and the ONNX models
+on all its cores (evaluate.scoring_threads auto), while the timings still run on evaluate.threads as here.
 Bytes: each output's size, and each pruned variant's weights file against its bytes_zip (target <= 1.5x); the
 DVC cache keeps one more copy of every output (cache.type copy, DVC's default without reflinks).
 
@@ -40,9 +41,9 @@ from pathlib import Path
 import yaml
 
 from bench import rehearsal
-from bench.loader import ASSUMED_MFU, H100_BF16_FLOPS
+from bench.loader import ASSUMED_MFU, GPU_NODE_CORES, H100_BF16_FLOPS
 from bench.report import check, paper_params, table, verdict
-from lib.variants import is_onnx
+from lib.variants import ONNX_FORMATS, is_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "rehearsal-models.json"
@@ -52,7 +53,7 @@ PAPER_BATCH = {"pretrain": "65,536 tokens", "train_mt": "16,384 tokens", "finetu
 PEAK_RSS_TARGET_MB = 32_000  # issue 32: no model stage above 32 GB at paper size
 DISK_RATIO_TARGET = 1.5      # a pruned variant's bytes on disk / its bytes_zip
 REAL_MIRROR = Path(os.environ.get("DATA_MIRROR", REPO.parent / "shared" / "data"))  # SST-2 is real
-VARIANT_LINE = re.compile(r"evaluate \S+: \[\d+/\d+\] (\S+): .*\(([\d.]+) s\)$")
+VARIANT_LINE = re.compile(r"evaluate \S+: \[\d+/\d+\] (\S+): .*\(([\d.]+) s, timing ([\d.]+) s\)$")
 
 
 def rehearsal_params(updates: int, examples: int, sentences: int) -> dict:
@@ -115,8 +116,9 @@ def run_stage(work: Path, logs: Path, stage: str, args: list, outputs: list) -> 
         raise SystemExit(f"rehearsal: {name} failed (exit {result['rc']}); its log: {result['log']}\n{tail}")
     result |= {"stage": stage, "args": args, "output_bytes": sum(rehearsal.dir_bytes(work / o) for o in outputs)}
     if stage == "evaluate":
-        result["variant_seconds"] = {m.group(1): float(m.group(2)) for _, line in lines
-                                     if (m := VARIANT_LINE.search(line))}
+        matches = [m for _, line in lines if (m := VARIANT_LINE.search(line))]
+        result["variant_seconds"] = {m.group(1): float(m.group(2)) for m in matches}
+        result["timing_seconds"] = {m.group(1): float(m.group(3)) for m in matches}
     print(f"[rehearsal]   {result['wall_s']} s, peak RSS {result['peak_rss_mb']} MB, "
           f"output {result['output_bytes'] / 1e9:.2f} GB", flush=True)
     return result
@@ -217,20 +219,30 @@ def forward_flops(entry: dict, p: dict) -> float:
 
 
 def evaluation_projection(entry: dict, p: dict) -> dict:
-    """Seconds of evaluate at the paper's caps: all on this CPU, and on a GPU node (untimed fairseq variants on
-    the GPU: loading plus forward FLOPs; the rest on the CPU as here)."""
+    """Seconds of evaluate at the paper's caps and the paper's grid, all on this CPU and on a GPU node. A variant's
+    seconds here are its scoring (with its loading: scaled to the cap, an upper bound) plus its timing (on a fixed
+    sample: as measured). Variants of the paper's grid not run here (a rehearsal may compress fewer) count at the
+    mean of those of their kind that ran. On a GPU node every fairseq variant is scored on the GPU (loading plus
+    forward FLOPs), the ONNX models on all GPU_NODE_CORES cores (scoring_threads auto: assumed linear in cores,
+    from the cores that scored them here), and the deployment formats timed on the CPU as here."""
     cap = p["evaluate"]["max_test_sentences" if entry["kind"] == "mt" else "max_dev_examples"]
-    scale = cap / entry["examples"]
-    cpu = sum(entry["variant_seconds"].values()) * scale
-    timed = {"s0.00-fp32"} | {v for v in entry["variant_seconds"] if "onnx" in v}
-    untimed = [v for v in entry["variant_seconds"] if v not in timed]
+    scale, seconds = cap / entry["examples"], entry["variant_seconds"]
+    timing = entry.get("timing_seconds", {})
+    scoring = {v: (seconds[v] - timing.get(v, 0.0)) * scale for v in seconds}
+    grid = p["compress"]
+    kinds = {"fairseq": ([v for v in seconds if "onnx" not in v], len(grid["sparsities"]) * (1 + len(grid["bits"]))),
+             "onnx": ([v for v in seconds if "onnx" in v], len(grid["onnx_sparsities"]) * len(ONNX_FORMATS))}
+    cpu = {k: sum(scoring[v] for v in ran) / len(ran) * paper for k, (ran, paper) in kinds.items() if ran}
     load = max(entry.get("load_seconds", {}).values(), default=0.0)
     gpu_each = load + cap * entry.get("splits", 1) * forward_flops(entry, p) / (H100_BF16_FLOPS * ASSUMED_MFU)
-    timed_cpu = sum(entry["variant_seconds"][v] for v in timed) * scale
-    gpu = timed_cpu + len(untimed) * gpu_each
-    return {"cap": cap, "cpu_s": round(cpu), "gpu_node_s": round(gpu), "timed_cpu_s": round(timed_cpu),
-            "untimed_variants": len(untimed),
-            "untimed_each_on_gpu_s": round(gpu_each, 2)}
+    onnx_gpu_node = cpu.get("onnx", 0.0) * entry["machine"]["cores"] / GPU_NODE_CORES
+    timed = sum(timing.values())
+    fairseq_paper = kinds["fairseq"][1]
+    return {"cap": cap, "cpu_s": round(sum(cpu.values()) + timed),
+            "gpu_node_s": round(fairseq_paper * gpu_each + onnx_gpu_node + timed), "timing_s": round(timed),
+            "onnx_scoring_gpu_node_s": round(onnx_gpu_node), "fairseq_variants": fairseq_paper,
+            "fairseq_each_on_gpu_s": round(gpu_each, 2),
+            "variants_measured": f"{len(seconds)} of {sum(paper for _, paper in kinds.values())}"}
 
 
 def targets(entries: list) -> list:
@@ -277,13 +289,16 @@ def markdown(report: dict) -> str:
                    round(e["output_bytes"] / 1e9, 3), round(2 * e["output_bytes"] / 1e9, 3)] for e in entries])]
     evaluations = [(e, evaluation_projection(e, p)) for e in entries if e["stage"] == "evaluate"]
     out += ["\n## Evaluation at the paper's caps, projected\n",
+            f"A GPU node: fairseq variants scored on the GPU, ONNX models on {GPU_NODE_CORES} cores (linear in cores, "
+            "assumed), the deployment formats timed on the CPU on evaluate.threads as here "
+            "(bench/rehearsal_models.py evaluation_projection).\n",
             table(["model", "examples run (a split)", "paper cap", "this CPU (min)", "GPU node (min)",
-                   "of which timed formats on the CPU (min)", "untimed variants", "each on the GPU (s)",
-                   "load_variant (s)", "variants measured"],
+                   "of which timing (min)", f"ONNX scoring on {GPU_NODE_CORES} cores (min)", "fairseq variants",
+                   "each on the GPU (s)", "load_variant (s)", "variants measured"],
                   [[e["model"], e["examples"], x["cap"], round(x["cpu_s"] / 60, 1), round(x["gpu_node_s"] / 60, 1),
-                    round(x["timed_cpu_s"] / 60, 1), x["untimed_variants"], x["untimed_each_on_gpu_s"],
-                    ", ".join(f"{k} {v}" for k, v in e.get("load_seconds", {}).items()),
-                    e.get("variants_measured", "all")] for e, x in evaluations])]
+                    round(x["timing_s"] / 60, 1), round(x["onnx_scoring_gpu_node_s"] / 60, 1), x["fairseq_variants"],
+                    x["fairseq_each_on_gpu_s"], ", ".join(f"{k} {v}" for k, v in e.get("load_seconds", {}).items()),
+                    x["variants_measured"]] for e, x in evaluations])]
     compressions = [(e, sorted(v["ratio"] for v in e["variants"] if v["sparsity"] > 0 and not is_onnx(v["format"])))
                     for e in entries if e["stage"] == "compress"]
     out += ["\n## Variant bytes on disk against bytes_zip (pruned fairseq variants)\n",

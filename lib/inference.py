@@ -1,5 +1,8 @@
 """Running a model over an evaluation set and timing it: batches of similar length, median timings after a
-warm-up, ONNX Runtime sessions with a fixed thread count."""
+warm-up, ONNX Runtime sessions with a fixed thread count. Scoring (every example) and timing (a fixed sample)
+are separate passes, so scoring can use every core (or a GPU) while timings stay at evaluate.threads."""
+import contextlib
+import os
 import statistics
 import time
 from pathlib import Path
@@ -19,14 +22,13 @@ def by_length(run, items: list, length, batch_size: int) -> list:
     return outputs
 
 
-def scoring_pass(run, items: list, length, batch_size: int) -> tuple[list, float]:
-    """by_length's outputs, and its items per second: the pass over the whole evaluation set at the
-    evaluation batch is the throughput measurement, so no model runs twice for it. One warm-up call
-    first, so the first batch pays no one-off allocation."""
+def throughput(run, items: list, length, batch_size: int) -> float:
+    """Items per second of by_length over `items` at `batch_size`, after one warm-up call (so the first batch
+    pays no one-off allocation)."""
     run(items[:1])
     started = time.perf_counter()
-    outputs = by_length(run, items, length, batch_size)
-    return outputs, len(items) / (time.perf_counter() - started)
+    by_length(run, items, length, batch_size)
+    return len(items) / (time.perf_counter() - started)
 
 
 def timed(run, batches: list, repeats: int) -> float:
@@ -42,16 +44,38 @@ def timed(run, batches: list, repeats: int) -> float:
     return statistics.median(times)
 
 
-def speed(run, items: list, cfg, unit: str, throughput: float, timed_as=None) -> dict:
-    """Batch-1 latency over the first `latency_examples` items (median of `repeats` runs), beside the
-    scoring pass's throughput at `batch_size`. `timed_as` (a variant's name and latency) stands in for a
-    model that runs the same kernels on other weights: a pruned ONNX model is as fast as the dense one."""
-    if timed_as is None:
-        single = [[x] for x in items[: cfg.latency_examples]]
-        latency_ms = round(1000 * timed(run, single, cfg.repeats) / len(single), 3)
-    else:
-        latency_ms = timed_as[1]
-    return {"latency_ms": latency_ms, "throughput": round(throughput, 2), "throughput_unit": unit}
+def speed(run, items: list, length, cfg, unit: str, timed_as=None) -> dict:
+    """A deployment format's speed on the threads `run` was set up with (evaluate.threads): throughput at
+    `batch_size` over the first `throughput_examples` items, and batch-1 latency over the first
+    `latency_examples` (median of `repeats` runs); `timing_s`, the seconds the timing took. `timed_as` (a
+    variant's name and speed) stands in for a model that runs the same kernels on other weights: a pruned ONNX
+    model is as fast as its format's dense one."""
+    if timed_as is not None:
+        return {**timed_as[1], "timing_s": 0.0}
+    started = time.perf_counter()
+    rate = throughput(run, items[: cfg.throughput_examples], length, cfg.batch_size)
+    single = [[x] for x in items[: cfg.latency_examples]]
+    latency_ms = round(1000 * timed(run, single, cfg.repeats) / len(single), 3)
+    return {"latency_ms": latency_ms, "throughput": round(rate, 2), "throughput_unit": unit,
+            "timing_s": round(time.perf_counter() - started, 2)}
+
+
+def scoring_threads(setting) -> int:
+    """Threads of the scoring passes on the CPU (evaluate.scoring_threads): `auto`, every core this process may
+    use; scores do not depend on it, only timings do, and those run on evaluate.threads."""
+    return len(os.sched_getaffinity(0)) if setting == "auto" else setting
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """PyTorch's intra-op threads set to `threads` inside the block, restored after it."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_onnx(model_class, variant: Path, threads: int):

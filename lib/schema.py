@@ -189,8 +189,10 @@ class Evaluate(Strict):
     beam: int = Field(ge=1)                      # beam search for BLEU
     batch_size: int = Field(ge=1)                # evaluation batch and the throughput batch
     threads: int = Field(ge=1)                   # fixed for every timing
-    device: Literal["auto", "cpu", "cuda"]       # where the untimed variants are scored (lib/devices.py)
+    scoring_threads: Literal["auto"] | Annotated[int, Field(ge=1)]  # CPU threads of the scoring passes
+    device: Literal["auto", "cpu", "cuda"]       # where the fairseq variants are scored (lib/devices.py)
     repeats: int = Field(ge=1)                   # timings are the median of this many runs
+    throughput_examples: int = Field(ge=1)       # inputs of the throughput timing
     latency_examples: int = Field(ge=1)          # batch-1 inputs per timed run
     bootstrap: int = Field(ge=10)                # resamples for the 95% confidence intervals
 

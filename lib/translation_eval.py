@@ -1,18 +1,19 @@
 """Translation's evaluation (stages/evaluate.py): sacrebleu BLEU and chrF of every variant on the capped test set,
-fairseq variants in PyTorch (the dense one timed on the CPU, the others on evaluate.device), ONNX variants in
-ONNX Runtime on raw text, each with the same beam search."""
+fairseq variants in PyTorch on evaluate.device (the dense one then timed on the CPU), ONNX variants in ONNX Runtime
+on raw text on evaluate.scoring_threads (the dense ones then timed on evaluate.threads), each with the same beam
+search."""
 from pathlib import Path
 
 import torch
 
 from lib.checkpoints import allow_checkpoint_globals
 from lib.files import read_lines
-from lib.inference import by_length, load_onnx, scoring_pass, speed
+from lib.inference import by_length, load_onnx, scoring_threads, speed, torch_threads
 from lib.metrics import constant_translation, translation_scores
 from lib.predictions import translation_predictions
 from lib.recipes import generation_args
 from lib.variant_weights import load_variant
-from lib.variants import DENSE, scoring_device
+from lib.variants import DENSE
 
 CONSTANT_CANDIDATES = 100  # translation's constant baseline: sentences tried (each costs one corpus BLEU)
 
@@ -20,6 +21,7 @@ CONSTANT_CANDIDATES = 100  # translation's constant baseline: sentences tried (e
 class TranslationEval:
     def __init__(self, cfg, translation, device: str = "cpu"):
         self.cfg, self.tr, self.device, self.scored_on = cfg, translation, device, "cpu"
+        self.scoring_threads = scoring_threads(cfg.scoring_threads)
         self.data = Path("data/bin/mt")
         n = cfg.max_test_sentences
         self.sources = read_lines(self.data / f"test.raw.{translation.source}")[:n]
@@ -48,8 +50,8 @@ class TranslationEval:
             self.model = models[0].eval()
             self.fairseq_task.load_dataset("test")
         self.model.load_state_dict(checkpoint["model"])
-        self.scored_on = on = scoring_device(variant, self.device)
-        self.model.to(on)
+        self.scored_on = self.device
+        self.model.to(self.device)
         dataset = self.fairseq_task.dataset("test")
         generator = self.fairseq_task.build_generator([self.model], generation_args(self.cfg.beam))
         tgt_dict = self.fairseq_task.target_dictionary
@@ -60,26 +62,31 @@ class TranslationEval:
             width = int(lengths.max())  # fairseq's translation task pads sources on the left
             tokens = torch.stack([torch.nn.functional.pad(s, (width - len(s), 0), value=tgt_dict.pad())
                                   for s in batch])
+            on = next(self.model.parameters()).device
             with torch.no_grad():
                 out = generator.generate([self.model], {"net_input": {"src_tokens": tokens.to(on),
                                                                         "src_lengths": lengths.to(on)}})
             return [tgt_dict.string(hypos[0]["tokens"].cpu(), "sentencepiece") for hypos in out]
 
+        results = self.scores(by_length(run, sources, len, self.cfg.batch_size))
         if variant.name != DENSE:  # timed: the deployment format only
-            return self.scores(by_length(run, sources, len, self.cfg.batch_size)), None
-        hypotheses, rate = scoring_pass(run, sources, len, self.cfg.batch_size)
-        return self.scores(hypotheses), speed(run, sources, self.cfg, "sentences/s", rate)
+            return results, None
+        self.model.to("cpu")
+        with torch_threads(self.cfg.threads):
+            return results, speed(run, sources, len, self.cfg, "sentences/s")
 
     def onnx(self, variant: Path, timed_as):
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
         from lib.ort_generate import translate
         import sentencepiece
-        model = load_onnx(ORTModelForSeq2SeqLM, variant, threads=self.cfg.threads)
+        model = load_onnx(ORTModelForSeq2SeqLM, variant, self.scoring_threads)
         self.scored_on = "cpu"
         sp = sentencepiece.SentencePieceProcessor(model_file=str(self.data / "spm.model"))
 
         def run(batch):
             return translate(model, sp, batch, self.cfg.beam)
 
-        hypotheses, rate = scoring_pass(run, self.sources, len, self.cfg.batch_size)
-        return self.scores(hypotheses), speed(run, self.sources, self.cfg, "sentences/s", rate, timed_as)
+        results = self.scores(by_length(run, self.sources, len, self.cfg.batch_size))
+        if timed_as is None and self.scoring_threads != self.cfg.threads:  # timed on its own session
+            model = load_onnx(ORTModelForSeq2SeqLM, variant, self.cfg.threads)
+        return results, speed(run, self.sources, len, self.cfg, "sentences/s", timed_as)

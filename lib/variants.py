@@ -95,9 +95,3 @@ def model_arg(argv, params, stage: str):
                      f"pretrain.sizes {params.pretrain.sizes} (glue; with --random-init of finetune.random_init_sizes "
                      f"{params.finetune.random_init_sizes}) or train_mt.sizes {params.train_mt.sizes} (mt), TASK one "
                      f"of data.glue_tasks {params.data.glue_tasks}")
-
-
-def scoring_device(variant: Path, device: str) -> str:
-    """Where evaluate scores a fairseq variant: the dense model is timed, so on the CPU; any other on `device`
-    (evaluate.device: a GPU where there is one)."""
-    return "cpu" if variant.name == DENSE else device

@@ -7,13 +7,15 @@ interval; a classifier also gets accuracy and the dev loss. Translation: sacrebl
 the best score of a predictor that ignores its input (always the same class; for the loss, the dev label
 frequencies; for BLEU and chrF, the same sentence for every source; 0 for a correlation) on the same
 examples, so a model at that level is seen to have learned nothing. fairseq variants run in PyTorch, ONNX
-variants in ONNX Runtime on raw text, never by reloading PyTorch weights. Size columns come from variant.json. Speed, on
-`evaluate.threads` threads, is measured for the deployment formats, PyTorch fp32 of the dense model and
-the ONNX models: throughput is the scoring pass's (the whole set at `evaluate.batch_size`, after a
-warm-up), batch-1 latency the median of `evaluate.repeats` runs. A pruned or simulated k-bit model runs
-the same dense kernels as its format's dense one, so only the dense ones' latency is timed, and the untimed
-fairseq variants are scored on `evaluate.device` (a GPU where there is one: in batches, for their scores
-only); each row records the device that scored it.
+variants in ONNX Runtime on raw text, never by reloading PyTorch weights. Size columns come from variant.json.
+
+Scoring and timing are separate passes. Every fairseq variant is scored on `evaluate.device` (a GPU where
+there is one, in batches), the ONNX models in ONNX Runtime on the CPU with `evaluate.scoring_threads` (auto:
+every core); each row records the device that scored it. The deployment formats, PyTorch fp32 of the dense
+model and the ONNX models, are then timed on the CPU on `evaluate.threads` threads: throughput at
+`evaluate.batch_size` over the first `evaluate.throughput_examples` examples after a warm-up, batch-1 latency
+the median of `evaluate.repeats` runs over the first `evaluate.latency_examples`. A pruned or simulated k-bit
+model runs the same dense kernels as its format's dense one, so only the dense ones are timed.
 
 Writes reports/eval/<model>.csv, one row per (variant, split, metric), and each variant's output for every
 example to reports/predictions/<model>/<variant>.tsv (lib/predictions.py: the layout).
@@ -35,7 +37,7 @@ from lib.devices import device_name, evaluation_device
 from lib.errors import StageError, log, summary
 from lib.glue import read_tsv, regression_target
 from lib.glue_task import class_labels, glue_meta, label_names as named_labels
-from lib.inference import by_length, load_onnx, scoring_pass, speed
+from lib.inference import by_length, load_onnx, scoring_threads, speed, torch_threads
 from lib.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, bootstrap, constant_classification, cross_entropy, f1
 from lib.onnx_export import quantization_columns
 from lib.params import load_params
@@ -43,7 +45,7 @@ from lib.predictions import fresh_dir, glue_predictions, write_predictions
 from lib.stage import run_stage
 from lib.translation_eval import TranslationEval
 from lib.variant_weights import load_variant
-from lib.variants import COMPRESSED_DIR, DENSE, EVAL_FIELDS, VARIANT_FILE, is_onnx, model_arg, scoring_device
+from lib.variants import COMPRESSED_DIR, DENSE, EVAL_FIELDS, VARIANT_FILE, is_onnx, model_arg
 
 def main(argv):
     params = load_params()
@@ -54,7 +56,7 @@ def main(argv):
     if not variants:
         raise StageError(f"{root}: no variants (run `dvc repro compress_{'mt' if task == 'translation' else 'glue'}` "
                          "first)")
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(scoring_threads(cfg.scoring_threads))  # timings switch to cfg.threads
     # trained fp32 weights hold denormal floats, which x86 CPUs compute ~100x slower (seen: 2 s per
     # sentence); flushing them to zero changes no prediction and is what inference runtimes do
     torch.set_flush_denormal(True)
@@ -63,16 +65,17 @@ def main(argv):
         evaluator = TranslationEval(cfg, params.data.translation, device) if task == "translation" else \
             GlueEval(cfg, task, params.datasets[task].metrics, params.datasets[task].label_names, device)
         kept = fresh_dir(name)
-        rows, latencies = [], {}  # format -> (variant, ms): a pruned ONNX model runs its format's dense kernels
+        rows, speeds = [], {}  # format -> (variant, its speed): a pruned ONNX model runs its format's dense kernels
         for i, variant in enumerate(variants, 1):
             described = json.loads((variant / VARIANT_FILE).read_text())
             started = time.time()
-            onnx, timed_as = is_onnx(described["format"]), latencies.get(described["format"])
+            onnx, timed_as = is_onnx(described["format"]), speeds.get(described["format"])
             results, timing = evaluator.onnx(variant, timed_as) if onnx else evaluator.fairseq(variant, described)
             write_predictions(kept / f"{variant.name}.tsv", evaluator.predicted)
+            timing_s = timing.pop("timing_s") if timing else 0.0
             if onnx:
-                latencies.setdefault(described["format"], (variant.name, timing["latency_ms"]))
-            reused = f"latency timed on {timed_as[0]} (the same kernels)" if timed_as else ""
+                speeds.setdefault(described["format"], (variant.name, timing))
+            reused = f"speed timed on {timed_as[0]} (the same kernels)" if timed_as else ""
             scheme, agreement, elsewhere = quantization_columns(described.get("quantization", {}))
             for split, examples, metric, value, low, high, details in results:
                 constant = evaluator.constant_score(split, metric)
@@ -91,7 +94,8 @@ def main(argv):
                     "details": "; ".join(filter(None, [details, reused, elsewhere]))})
             log(f"evaluate {name}: [{i}/{len(variants)}] {variant.name}: "
                 + ", ".join(f"{r[2]} {r[3]:.2f}" for r in results)
-                + (f", {timing['latency_ms']} ms at batch 1" if timing else "") + f" ({time.time() - started:.1f} s)")
+                + (f", {timing['latency_ms']} ms at batch 1" if timing else "")
+                + f" ({time.time() - started:.1f} s, timing {timing_s:.2f} s)")
     finally:  # a process-wide switch; tests run several stages in one process
         torch.set_flush_denormal(False)
     out = Path("reports/eval") / f"{name}.csv"
@@ -109,6 +113,7 @@ class GlueEval:
     def __init__(self, cfg, task: str, metrics: list[str], label_names: list[str] | None = None,
                  device: str = "cpu"):
         self.cfg, self.task, self.device, self.scored_on = cfg, task, device, "cpu"
+        self.scoring_threads = scoring_threads(cfg.scoring_threads)
         self.data = Path("data/bin/glue") / task
         self.meta = glue_meta(task)
         self.names = named_labels(task, label_names)  # the catalog's label -> name
@@ -167,45 +172,41 @@ class GlueEval:
                 [described["source"]], arg_overrides={"data": str(self.data)})
             self.model = models[0].eval()
         self.model.load_state_dict(checkpoint["model"])
-        timed = variant.name == DENSE  # the deployment format; the others share its kernels (module docstring)
-        self.scored_on = scoring_device(variant, self.device)
-        self.model.to(self.scored_on)
-        results, seconds, examples, self.predicted = [], 0.0, 0, []
+        self.scored_on = self.device
+        self.model.to(self.device)
+        results, self.predicted = [], []
         for fairseq_split, split, rows in self.splits():
             self.fairseq_task.load_dataset(fairseq_split)
             dataset = self.fairseq_task.dataset(fairseq_split)
             samples = [dataset[i] for i in range(len(rows))]
-            pass_args = (lambda batch: self.classify(dataset.collater(batch)["net_input"]["src_tokens"]),
-                         samples, lambda sample: len(sample["net_input.src_tokens"]), self.cfg.batch_size)
             with torch.no_grad():
-                if timed:
-                    logits, rate = scoring_pass(*pass_args)
-                    seconds, examples = seconds + len(rows) / rate, examples + len(rows)
-                else:
-                    logits = by_length(*pass_args)
+                logits = by_length(lambda batch: self.classify(dataset.collater(batch)["net_input"]["src_tokens"]),
+                                   samples, lambda sample: len(sample["net_input.src_tokens"]), self.cfg.batch_size)
             logits = torch.stack(logits)
             # a class index, or for regression fairseq's list of (scaled) targets
             gold = torch.cat([torch.as_tensor(sample["target"]).view(-1) for sample in samples])
             results += self.split_results(split, rows, gold.numpy(), logits.numpy())
-        measured = None
-        if timed:
-            tokens = [dataset[i]["net_input.src_tokens"] for i in range(len(samples))]
-            pad = self.fairseq_task.source_dictionary.pad()
+        if variant.name != DENSE:  # the deployment format is timed; the others share its kernels (module docstring)
+            return results, None
+        tokens = [sample["net_input.src_tokens"] for sample in samples]
+        pad = self.fairseq_task.source_dictionary.pad()
 
-            def run(batch):
-                with torch.no_grad():
-                    self.classify(torch.nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=pad))
-            measured = speed(run, tokens, self.cfg, "sentences/s", examples / seconds)
-        return results, measured
+        def run(batch):
+            with torch.no_grad():
+                return self.classify(torch.nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=pad))
+        self.model.to("cpu")
+        with torch_threads(self.cfg.threads):
+            return results, speed(run, tokens, len, self.cfg, "sentences/s")
 
     def classify(self, src_tokens):
-        return self.model(src_tokens.to(self.scored_on), features_only=True,
+        on = next(self.model.parameters()).device
+        return self.model(src_tokens.to(on), features_only=True,
                           classification_head_name="sentence_classification_head")[0].float().cpu()
 
     def onnx(self, variant: Path, timed_as):
         from optimum.onnxruntime import ORTModelForSequenceClassification
         from transformers import AutoTokenizer
-        model = load_onnx(ORTModelForSequenceClassification, variant, threads=self.cfg.threads)
+        model = load_onnx(ORTModelForSequenceClassification, variant, self.scoring_threads)
         self.scored_on = "cpu"
         tokenizer = AutoTokenizer.from_pretrained(variant)
         # the exported config names each output by the catalog's label_names (else the label itself)
@@ -221,16 +222,21 @@ class GlueEval:
                                 return_tensors="np")
             return model(**encoded).logits
 
-        results, seconds, examples, self.predicted = [], 0.0, 0, []
+        results, self.predicted = [], []
         for _, split, rows in self.splits():
             texts = [tuple(r[c] for c in columns) for r in rows]
-            logits, rate = scoring_pass(lambda batch: np.asarray(run(batch)), texts, lambda text: sum(map(len, text)),
-                                        self.cfg.batch_size)
-            logits, seconds, examples = np.stack(logits), seconds + len(rows) / rate, examples + len(rows)
+            logits = np.stack(by_length(lambda batch: np.asarray(run(batch)), texts, len_text, self.cfg.batch_size))
             gold = np.array([regression_target(r["label"], self.meta["label_range"]) for r in rows]
                             if self.meta["regression"] else [self.classes.index(r["label"]) for r in rows])
             results += self.split_results(split, rows, gold, logits)
-        return results, speed(run, texts, self.cfg, "sentences/s", examples / seconds, timed_as)
+        if timed_as is None and self.scoring_threads != self.cfg.threads:  # timed on its own session
+            model = load_onnx(ORTModelForSequenceClassification, variant, self.cfg.threads)
+        return results, speed(run, texts, len_text, self.cfg, "sentences/s", timed_as)
+
+
+def len_text(text: tuple) -> int:
+    """An example's length in characters, all its sentences: what by_length sorts raw text by."""
+    return sum(map(len, text))
 
 
 if __name__ == "__main__":

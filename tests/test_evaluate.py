@@ -73,17 +73,52 @@ def test_separable_task_scores_high_and_pruning_90_percent_costs_accuracy(in_tra
         assert accuracy == pytest.approx(float(rows[path.stem, "accuracy"]["value"]), abs=1e-3), path
 
 
-def test_untimed_variants_are_scored_on_the_gpu_where_there_is_one_and_the_timed_ones_on_the_cpu():
+def test_variants_are_scored_on_the_gpu_where_there_is_one_and_on_every_core_otherwise():
+    import os
     from lib.devices import evaluation_device
-    from lib.variants import scoring_device
+    from lib.inference import scoring_threads
     assert evaluation_device("auto", cuda_available=True) == "cuda"
     assert evaluation_device("auto", cuda_available=False) == "cpu"
     assert evaluation_device("cpu", cuda_available=True) == "cpu"
     with pytest.raises(StageError, match="evaluate.device is 'cuda' but torch sees no GPU"):
         evaluation_device("cuda", cuda_available=False)
-    assert scoring_device(Path("models/compressed/m/s0.00-fp32"), "cuda") == "cpu"  # the dense model is timed
-    assert scoring_device(Path("models/compressed/m/s0.90-q4"), "cuda") == "cuda"
-    assert scoring_device(Path("models/compressed/m/s0.90-fp32"), "cpu") == "cpu"
+    assert scoring_threads("auto") == len(os.sched_getaffinity(0)) and scoring_threads(3) == 3
+
+
+def test_scoring_runs_on_the_scoring_threads_and_timing_on_the_timing_threads(in_trained_project, monkeypatch):
+    """The deployment formats are scored with evaluate.scoring_threads and timed, on a sample of
+    throughput_examples, with evaluate.threads: torch's threads for the fairseq model, a session of that
+    many threads for an ONNX model."""
+    import torch
+    from lib import inference
+    set_params(in_trained_project, lambda p: (configure(p, [0.0]), p["evaluate"].update(scoring_threads=2,
+                                                                                 throughput_examples=16)))
+    compress.main(["glue", "T1", "sst2"])
+    seen = {"scoring": set(), "timing": [], "sessions": []}
+    by_length, throughput, load_onnx = inference.by_length, inference.throughput, inference.load_onnx
+
+    def scoring(run, items, *args):
+        seen["scoring"].add(torch.get_num_threads())
+        return by_length(run, items, *args)
+
+    def timing(run, items, *args):
+        seen["timing"].append((torch.get_num_threads(), len(items)))
+        return throughput(run, items, *args)
+
+    def session(model_class, variant, threads):
+        seen["sessions"].append((Path(variant).name, threads))
+        return load_onnx(model_class, variant, threads)
+    monkeypatch.setattr(evaluate, "by_length", scoring)
+    monkeypatch.setattr(inference, "throughput", timing)
+    monkeypatch.setattr(evaluate, "load_onnx", session)
+    evaluate.main(["glue", "T1", "sst2"])
+    assert seen["scoring"] == {2}  # every fairseq variant scored on the scoring threads (no GPU here)
+    # the dense fairseq model timed on torch's evaluate.threads, the three ONNX models on their sessions' threads,
+    # each on the sample
+    assert sorted(seen["timing"]) == [(1, 16)] + [(2, 16)] * 3
+    for fmt in ("fp32", "int8", "int4"):  # each ONNX model scored on a 2-thread session, timed on a 1-thread one
+        assert [t for v, t in seen["sessions"] if v == f"onnx-s0.00-{fmt}"] == [2, 1]
+    assert torch.get_num_threads() == 2  # restored after each timing
 
 
 def test_f1_and_mcc_score_the_positive_class_whatever_its_output_index():
@@ -175,19 +210,19 @@ def test_translation_model_scores_high_bleu_on_its_own_training_pairs(tiny_proje
     assert int(rows["s0.00-fp32"]["examples"]) == 40
 
 
-def test_pruned_onnx_models_have_their_own_throughput_and_their_format_s_dense_latency(in_trained_project):
-    """ONNX Runtime runs a pruned model with the dense kernels: its batch-1 latency is its format's dense
-    model's, said so in the row; throughput is every timed variant's own scoring pass."""
+def test_pruned_onnx_models_have_their_format_s_dense_speed(in_trained_project):
+    """ONNX Runtime runs a pruned model with the dense kernels: its latency and throughput are its format's
+    dense model's, said so in the row."""
     set_params(in_trained_project, lambda p: configure(p, onnx_sparsities=[0.0, 0.9]))
     compress.main(["glue", "T1", "sst2"])
     evaluate.main(["glue", "T1", "sst2"])
     rows = {r["variant"]: r for r in read_rows("reports/eval/T1-sst2.csv") if r["metric"] == "accuracy"}
     for fmt in ("fp32", "int8", "int4"):
         dense, pruned = rows[f"onnx-s0.00-{fmt}"], rows[f"onnx-s0.90-{fmt}"]
-        assert float(dense["latency_ms"]) > 0 and "latency timed" not in dense["details"]
-        assert pruned["latency_ms"] == dense["latency_ms"]
-        assert f"latency timed on onnx-s0.00-{fmt}" in pruned["details"]
-        assert float(pruned["throughput"]) > 0 and float(dense["throughput"]) > 0
+        assert float(dense["latency_ms"]) > 0 and "speed timed" not in dense["details"]
+        assert (pruned["latency_ms"], pruned["throughput"]) == (dense["latency_ms"], dense["throughput"])
+        assert f"speed timed on onnx-s0.00-{fmt}" in pruned["details"]
+        assert float(dense["throughput"]) > 0
     assert float(rows["s0.00-fp32"]["throughput"]) > 0 and rows["s0.90-fp32"]["throughput"] == ""
     # the exported classifiers name their outputs by the catalog's label_names; their predictions are kept too
     config = json.loads(Path("models/compressed/T1-sst2/onnx-s0.00-fp32/config.json").read_text())

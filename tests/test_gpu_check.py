@@ -44,8 +44,9 @@ def test_dry_run_passes_every_step_and_writes_the_report(dry_run):
     # every evaluation row says where it was scored: all on the CPU here
     assert pipeline["evaluation_devices"] and set(pipeline["evaluation_devices"].values()) == {"cpu"}
     assert pipeline["evaluation_device_errors"] == []
-    assert gpu_check.device_errors({"T1-sst2/s0.50-q8": "cpu", "T1-sst2/s0.00-fp32": "cuda: H100"}, "fp16") == [
-        "T1-sst2/s0.50-q8 scored on cpu, expected cuda", "T1-sst2/s0.00-fp32 scored on cuda: H100, expected cpu"]
+    assert gpu_check.device_errors({"T1-sst2/s0.50-q8": "cpu", "T1-sst2/s0.00-fp32": "cuda: H100",
+                                    "T1-sst2/onnx-s0.00-int8": "cuda: H100"}, "fp16") == [
+        "T1-sst2/s0.50-q8 scored on cpu, expected cuda", "T1-sst2/onnx-s0.00-int8 scored on cuda: H100, expected cpu"]
     # the loaders at the paper's batch shapes, with 0, 1 and auto workers (auto is one on a 2-core machine)
     loader = results["loader"]
     assert loader["ok"] and {(r["task"], r["workers"]) for r in loader["rows"]} == {

@@ -155,6 +155,14 @@ def model_rehearsal(tmp_path):
     compressed = runs["compress", "T1-sst2"]
     assert len(compressed["variants"]) == 4 and set(compressed["load_seconds"]) == {"s0.90-fp32", "s0.90-q4"}
     assert set(runs["evaluate", "mt-T1"]["variant_seconds"]) == {v["variant"] for v in runs["compress", "mt-T1"]["variants"]}
+    # evaluate logs each variant's timing apart from its scoring: only the deployment format is timed here
+    evaluated = runs["evaluate", "T1-sst2"]
+    assert {v for v, s in evaluated["timing_seconds"].items() if s > 0} == {"s0.00-fp32"}
+    from bench.rehearsal_models import evaluation_projection
+    from bench.report import paper_params
+    projected = evaluation_projection(evaluated, paper_params())  # 4 variants ran, the paper's grid has 43
+    assert projected["variants_measured"] == "4 of 43" and projected["fairseq_variants"] == 40
+    assert projected["cpu_s"] > 0 and projected["gpu_node_s"] > 0
     assert "[rehearsal] wikitext103" not in result.stdout  # the data rehearsal's kept data, not made again
     names = [t["name"] for t in report["targets"]]
     assert sum(n.startswith(f"compress {m}: worst pruned variant's disk / bytes_zip") for n in names
