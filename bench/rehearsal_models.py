@@ -83,16 +83,16 @@ def set_values(params: dict, assignments: list[str]) -> dict:
     return params
 
 
-def prepare_data(root: Path, logs: Path, scale: float) -> Path:
-    """ROOT/work with the paper profile's binarized data (each made once per ROOT, or by `python -m
+def prepare_data(root: Path, logs: Path, scale: float, datasets: set) -> Path:
+    """ROOT/work with the paper profile's binarized data of `datasets` (each made once per ROOT, or by `python -m
     bench.rehearsal data --keep` there): synthetic WikiText-103, MNLI and WMT'14 at `scale` through fetch and
     prepare, and the real SST-2 from the mirror."""
     work = root / "work"
     outputs = {"wikitext103": "data/bin/mlm", "mnli": "data/bin/glue/mnli", "wmt14_en_fr": "data/bin/mt"}
     for dataset, output in outputs.items():  # a data rehearsal run with --keep in ROOT made them already
-        if not (work / output).exists():
+        if dataset in datasets and not (work / output).exists():
             rehearsal.rehearse(dataset, scale, root, logs, keep_outputs=True)
-    if (work / "data/bin/glue/sst2").exists():
+    if "sst2" not in datasets or (work / "data/bin/glue/sst2").exists():
         return work
     (root / "mirror" / "sst2").unlink(missing_ok=True)
     (root / "mirror" / "sst2").symlink_to(REAL_MIRROR / "sst2")
@@ -179,7 +179,8 @@ def model_runs(work: Path, logs: Path, kind: str, size: str, task: str | None, p
 def rehearse(args, root: Path, logs: Path, save=lambda entries: None) -> list:
     """Every stage the arguments ask for; `save(entries so far)` after each model, so a rehearsal stopped
     half-way keeps what it measured."""
-    work = prepare_data(root, logs, args.data_scale)
+    tasks = {pair.split(":")[1] for pair in args.finetune}
+    work = prepare_data(root, logs, args.data_scale, {"wikitext103"} | tasks | ({"wmt14_en_fr"} if args.mt else set()))
     rehearsal.copy_code(work)  # this checkout's code, whatever made the data
     params = set_values(rehearsal_params(args.updates, args.examples, args.sentences), args.set)
     params["pretrain"]["sizes"] = args.mlm
@@ -337,6 +338,9 @@ def parse(argv):
                         "'compress.sparsities=[0.0,0.9]'")
     p.add_argument("--root", type=Path, help="scratch directory (default: a new one in the system's temp dir)")
     p.add_argument("--keep", action="store_true", help="keep ROOT afterwards (its data serves the next run)")
+    p.add_argument("--record", nargs="*", metavar="STAGE",
+                   help="only these stages' entries replace the report's (default: all), e.g. `--record evaluate` "
+                        "with a smaller --set compress grid keeps the report's full-grid compress entry")
     p.add_argument("--out", type=Path, default=OUT)
     return p.parse_args(argv)
 
@@ -346,7 +350,8 @@ def main(argv=None):
     root = args.root or Path(tempfile.mkdtemp(prefix="rehearsal-models-"))
 
     def run(logs, started):
-        stamp = lambda entries: [{**e, "machine": rehearsal.machine(), "when": started} for e in entries]  # noqa: E731
+        stamp = lambda entries: [{**e, "machine": rehearsal.machine(), "when": started} for e in entries  # noqa: E731
+                                 if args.record is None or e["stage"] in args.record]
         return stamp(rehearse(args, root, logs, lambda entries: rehearsal.write_report(
             args.out, started, stamp(entries), merge_entries, targets, markdown)))
 
