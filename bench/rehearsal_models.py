@@ -183,9 +183,10 @@ def rehearse(args, root: Path, logs: Path, save=lambda entries: None) -> list:
     work = prepare_data(root, logs, args.data_scale, {"wikitext103"} | tasks | ({"wmt14_en_fr"} if args.mt else set()))
     rehearsal.copy_code(work)  # this checkout's code, whatever made the data
     params = set_values(rehearsal_params(args.updates, args.examples, args.sentences), args.set)
-    params["pretrain"]["sizes"] = args.mlm
+    # the sizes rehearsed (a grid left empty keeps the profile's, which params.yaml must name, and runs none)
+    params["pretrain"]["sizes"] = args.mlm or params["pretrain"]["sizes"]
     params["finetune"]["random_init_sizes"] = [s for s in params["finetune"]["random_init_sizes"] if s in args.mlm]
-    params["train_mt"]["sizes"] = args.mt
+    params["train_mt"]["sizes"] = args.mt or params["train_mt"]["sizes"]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     entries = []
     for size in args.mlm:
