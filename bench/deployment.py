@@ -94,7 +94,7 @@ def build_glue(source: str, task: str, out: str) -> dict:
     from lib.hf_roberta import export_onnx_classifier, save_transformers_classifier
     from lib.checkpoints import load_checkpoint
     from lib.files import write_json
-    from lib.onnx_export import zipped_bytes
+    from lib.onnx_export import onnx_files, zipped_bytes
     from stages.compress import glue_texts
     out, cfg = Path(out), load_params().compress
     with tempfile.TemporaryDirectory() as hf_dir:
@@ -106,7 +106,7 @@ def build_glue(source: str, task: str, out: str) -> dict:
                                          cfg.int8_min_agreement)
     for directory, (suffix, bits, fmt) in zip(dirs, ONNX_FORMATS):
         write_json(directory / VARIANT_FILE, {"format": fmt, "bits": bits, "target_sparsity": 0.0,
-                                              "bytes_zip": zipped_bytes(directory),
+                                              "bytes_zip": zipped_bytes(onnx_files(directory)),
                                               **({"quantization": checked[suffix]} if suffix in checked else {})})
     dense = out / FORMATS["pytorch_fp32"]
     dense.mkdir()

@@ -1,7 +1,6 @@
 """Running a model over an evaluation set and timing it: batches of similar length, median timings after a
 warm-up, ONNX Runtime sessions with a fixed thread count. Scoring (every example) and timing (a fixed sample)
 are separate passes, so scoring can use every core (or a GPU) while timings stay at evaluate.threads."""
-import contextlib
 import os
 import statistics
 import time
@@ -66,16 +65,23 @@ def scoring_threads(setting) -> int:
     return len(os.sched_getaffinity(0)) if setting == "auto" else setting
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int):
-    """PyTorch's intra-op threads set to `threads` inside the block, restored after it."""
+def cpu_speed(model, run, items: list, length, cfg, unit: str) -> dict:
+    """speed() of a PyTorch model, moved to the CPU (it may have been scored on a GPU) and run on torch's
+    `cfg.threads` threads, which are restored after."""
     import torch
+    model.to("cpu")
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cfg.threads)
     try:
-        yield
+        return speed(run, items, length, cfg, unit)
     finally:
         torch.set_num_threads(before)
+
+
+def onnx_timing_model(model_class, variant: Path, scored, scoring_threads: int, threads: int):
+    """The ONNX model to time: the one that scored, when its session already runs on the timing threads; else
+    the model loaded again in a session with `threads`."""
+    return scored if scoring_threads == threads else load_onnx(model_class, variant, threads)
 
 
 def load_onnx(model_class, variant: Path, threads: int):

@@ -172,8 +172,8 @@ def external_data(fp32_path: Path) -> bool:
     of protobuf's limit (EXTERNAL_DATA_BYTES), or when FORCE_ONNX_EXTERNAL_DATA=1: optimum's own switch, which
     forces its fp32 export too, so a tiny model takes a large one's path (the tests). Each file decides for
     itself: a translator's encoder and decoders are separate models."""
-    return os.environ.get("FORCE_ONNX_EXTERNAL_DATA") == "1" or len(model_files(Path(fp32_path))) > 1 \
-        or Path(fp32_path).stat().st_size >= EXTERNAL_DATA_BYTES
+    return os.environ.get("FORCE_ONNX_EXTERNAL_DATA") == "1" or Path(fp32_path).stat().st_size >= EXTERNAL_DATA_BYTES \
+        or len(model_files(Path(fp32_path))) > 1  # the cheap tests first: this one parses the graph
 
 
 def model_files(path: Path) -> list[Path]:
@@ -190,11 +190,11 @@ def onnx_files(directory: Path) -> list[Path]:
     return sorted({f for model in Path(directory).glob("*.onnx") for f in model_files(model)})
 
 
-def share(directory: Path) -> None:
-    """Make every file of the deployment model in `directory` readable by all, as the .onnx files are: onnx writes
+def share(files: list[Path]) -> None:
+    """Make every file of a deployment model (onnx_files) readable by all, as the .onnx files are: onnx writes
     external data files for their owner only (mode 0600), so a model shared on a cluster would not load for
     another user."""
-    for f in onnx_files(directory):
+    for f in files:
         f.chmod(f.stat().st_mode | 0o044)
 
 
@@ -206,14 +206,14 @@ def remove_model(path: Path) -> None:
             f.unlink(missing_ok=True)
 
 
-def zipped_bytes(directory: Path) -> int:
+def zipped_bytes(files: list[Path]) -> int:
     """The size of a zip (deflate) of a deployment model's files (onnx_files: the .onnx files and their external
     data): its bytes_zip in variant.json."""
     import io
     import zipfile
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in onnx_files(directory):
+        for f in files:
             z.writestr(f.name, f.read_bytes())  # one deflate call, which releases the GIL (compress zips in a thread)
     return buffer.tell()
 

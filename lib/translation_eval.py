@@ -8,7 +8,7 @@ import torch
 
 from lib.checkpoints import allow_checkpoint_globals
 from lib.files import read_lines
-from lib.inference import by_length, load_onnx, scoring_threads, speed, torch_threads
+from lib.inference import by_length, cpu_speed, load_onnx, onnx_timing_model, scoring_threads, speed
 from lib.metrics import constant_translation, translation_scores
 from lib.predictions import translation_predictions
 from lib.recipes import generation_args
@@ -71,9 +71,7 @@ class TranslationEval:
         results = self.scores(by_length(run, sources, len, self.cfg.batch_size))
         if variant.name != DENSE:  # timed: the deployment format only
             return results, None
-        self.model.to("cpu")
-        with torch_threads(self.cfg.threads):
-            return results, speed(run, sources, len, self.cfg, "sentences/s")
+        return results, cpu_speed(self.model, run, sources, len, self.cfg, "sentences/s")
 
     def onnx(self, variant: Path, timed_as):
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
@@ -87,6 +85,6 @@ class TranslationEval:
             return translate(model, sp, batch, self.cfg.beam)
 
         results = self.scores(by_length(run, self.sources, len, self.cfg.batch_size))
-        if timed_as is None and self.scoring_threads != self.cfg.threads:  # timed on its own session
-            model = load_onnx(ORTModelForSeq2SeqLM, variant, self.cfg.threads)
+        if timed_as is None:
+            model = onnx_timing_model(ORTModelForSeq2SeqLM, variant, model, self.scoring_threads, self.cfg.threads)
         return results, speed(run, self.sources, len, self.cfg, "sentences/s", timed_as)

@@ -264,13 +264,14 @@ def export_onnx(task: str, checkpoint: dict, out: Path, sparsity: float, common:
     pending = []
     for suffix, bits, fmt in ONNX_FORMATS:
         directory = dirs[suffix]
-        share(directory)
-        files = {f.name: f.stat().st_size for f in onnx_files(directory)}  # .onnx and external data
+        paths = onnx_files(directory)  # .onnx and external data (parsing each graph once)
+        share(paths)
+        files = {f.name: f.stat().st_size for f in paths}
         pending.append((directory / VARIANT_FILE, {
             **common, "variant": directory.name, "bits": bits, "format": fmt,
             "bytes": sum(files.values()), "bytes_zip": None, "files": files,
             **({"quantization": checked[suffix]} if suffix in checked else {})},
-            [zipper.submit(zipped_bytes, directory)]))
+            [zipper.submit(zipped_bytes, paths)]))
     log(f"compress: sparsity {sparsity}: int8 {checked['int8']['scheme']} ({checked['int8']['why']}), agreement "
         f"{checked['int8']['agreement']:.4f}; int4 agreement {checked['int4']['agreement']:.4f} "
         f"({checked['int8']['checked_on']})")

@@ -37,7 +37,7 @@ from lib.devices import device_name, evaluation_device
 from lib.errors import StageError, log, summary
 from lib.glue import read_tsv, regression_target
 from lib.glue_task import class_labels, glue_meta, label_names as named_labels
-from lib.inference import by_length, load_onnx, scoring_threads, speed, torch_threads
+from lib.inference import by_length, cpu_speed, load_onnx, onnx_timing_model, scoring_threads, speed
 from lib.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, bootstrap, constant_classification, cross_entropy, f1
 from lib.onnx_export import quantization_columns
 from lib.params import load_params
@@ -194,9 +194,7 @@ class GlueEval:
         def run(batch):
             with torch.no_grad():
                 return self.classify(torch.nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=pad))
-        self.model.to("cpu")
-        with torch_threads(self.cfg.threads):
-            return results, speed(run, tokens, len, self.cfg, "sentences/s")
+        return results, cpu_speed(self.model, run, tokens, len, self.cfg, "sentences/s")
 
     def classify(self, src_tokens):
         on = next(self.model.parameters()).device
@@ -229,8 +227,9 @@ class GlueEval:
             gold = np.array([regression_target(r["label"], self.meta["label_range"]) for r in rows]
                             if self.meta["regression"] else [self.classes.index(r["label"]) for r in rows])
             results += self.split_results(split, rows, gold, logits)
-        if timed_as is None and self.scoring_threads != self.cfg.threads:  # timed on its own session
-            model = load_onnx(ORTModelForSequenceClassification, variant, self.cfg.threads)
+        if timed_as is None:
+            model = onnx_timing_model(ORTModelForSequenceClassification, variant, model, self.scoring_threads,
+                                      self.cfg.threads)
         return results, speed(run, texts, len_text, self.cfg, "sentences/s", timed_as)
 
 

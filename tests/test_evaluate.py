@@ -111,6 +111,7 @@ def test_scoring_runs_on_the_scoring_threads_and_timing_on_the_timing_threads(in
     monkeypatch.setattr(evaluate, "by_length", scoring)
     monkeypatch.setattr(inference, "throughput", timing)
     monkeypatch.setattr(evaluate, "load_onnx", session)
+    monkeypatch.setattr(inference, "load_onnx", session)  # the timing session (inference.onnx_timing_model)
     evaluate.main(["glue", "T1", "sst2"])
     assert seen["scoring"] == {2}  # every fairseq variant scored on the scoring threads (no GPU here)
     # the dense fairseq model timed on torch's evaluate.threads, the three ONNX models on their sessions' threads,
