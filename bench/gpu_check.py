@@ -395,9 +395,10 @@ def markdown(results: dict) -> str:
                             "fairseq peak GPU MB", "transformers tokens/s", "transformers MFU",
                             "transformers peak GPU MB", "fairseq / transformers"], rows)]
     loader = results["loader"]
-    rows = [[r["task"], r["workers"], r["batches_per_s"], r["tokens_per_batch"]] for r in loader.get("rows", [])]
+    rows = [[r["task"], r.get("loader", "pipeline"), r["workers"], r["batches_per_s"], r["tokens_per_batch"]]
+            for r in loader.get("rows", [])]
     lines += ["## Loaders at the paper's batch shapes (bench/loader.py; this machine's CPU)", "",
-              report.table(["task", "workers", "batches/s", "tokens a batch"], rows)]
+              report.table(["task", "loader", "workers", "batches/s", "tokens a batch"], rows)]
     devices = sorted({f"{k.split('/')[1]}: {v}" for r in results["pipeline"].values()
                       for k, v in r.get("evaluation_devices", {}).items()})
     lines += ["## Where evaluate scored each variant", "", ", ".join(devices) or "no evaluation rows", ""]

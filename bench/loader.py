@@ -4,7 +4,9 @@ batches cannot be built as fast as the GPU takes them (issue 32).
 
   python -m bench.loader [--workers 0 1 2] [--batches 40] [--tasks mlm mt] [--out reports/loader.json]
 
-Each loader is the training stage's own: the flags of lib/recipes.pretrain_args / translation_args with the
+Each loader is the training stage's own (for the masked LM, batches built a batch at a time,
+lib/masked_lm_batches.py; fairseq's own masked_lm pipeline, one sequence at a time, is measured beside it
+with 0 workers, as "fairseq"): the flags of lib/recipes.pretrain_args / translation_args with the
 paper profile's recipe (masked LM: 512 sequences of 128 tokens, 15% masking; translation: 16,384-token
 batches) on the data/bin/mlm and data/bin/mt of the directory it runs in, iterated as fairseq-train iterates
 them (task.get_batch_iterator, next_epoch_itr), in a fresh process per measurement. The clock starts after the
@@ -16,6 +18,7 @@ gpu-check` measures the real rate on the first lent GPU), and the workers `train
 gives a rank on a 16-core GPU node (lib/devices.loader_workers): the target is that they build >= 3x the
 batches the GPU takes."""
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
@@ -53,15 +56,18 @@ def loader_args(task: str, workers: int) -> list[str]:
     return args
 
 
-def measure(task: str, workers: int, batches: int, queue) -> None:
-    """In a child process: build the task from the flags and time `batches` batches after the first."""
+def measure(task: str, workers: int, batches: int, queue, stock: bool = False) -> None:
+    """In a child process: build the task from the flags and time `batches` batches after the first (with
+    fairseq's own masked-LM pipeline when `stock`)."""
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     import lib.schedule  # noqa: F401  registers the recipes' budget_linear scheduler
+    from lib.masked_lm_batches import batched_masking
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(),
                                                                      loader_args(task, workers)))
     fairseq_task = tasks.setup_task(cfg.task)
-    fairseq_task.load_dataset("train", combine=False, epoch=1)
+    with (contextlib.nullcontext() if stock else batched_masking()):  # the training stages' batches, or fairseq's
+        fairseq_task.load_dataset("train", combine=False, epoch=1)
     dataset = fairseq_task.dataset("train")
     tokens, done, epoch, start = 0, -1, 1, 0.0
     while done < batches:
@@ -79,14 +85,14 @@ def measure(task: str, workers: int, batches: int, queue) -> None:
                 break
         epoch += 1
     seconds = time.perf_counter() - start
-    queue.put({"task": task, "workers": workers, "batches": batches, "seconds": round(seconds, 2),
+    queue.put({"task": task, "loader": "fairseq" if stock else "pipeline", "workers": workers, "batches": batches, "seconds": round(seconds, 2),
                "batches_per_s": round(batches / seconds, 2), "tokens_per_batch": round(tokens / batches)})
 
 
-def run(task: str, workers: int, batches: int) -> dict:
+def run(task: str, workers: int, batches: int, stock: bool = False) -> dict:
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing cached from the last one
     queue = context.Queue()
-    child = context.Process(target=measure, args=(task, workers, batches, queue))
+    child = context.Process(target=measure, args=(task, workers, batches, queue, stock))
     child.start()
     while child.is_alive() or not queue.empty():
         try:
@@ -146,9 +152,9 @@ def markdown(report: dict) -> str:
     out = ["# Training data loaders at the paper batch\n",
            f"`python -m bench.loader` on {m['cpu']}, {m['cores']} cores; data: "
            f"{report['data']}. Batches per second after the first, by loader workers (fairseq's --num-workers).\n",
-           table(["task", "workers", "batches", "seconds", "batches/s", "tokens a batch"],
-                 [[r["task"], r["workers"], r["batches"], r["seconds"], r["batches_per_s"], r["tokens_per_batch"]]
-                  for r in report["rows"]]),
+           table(["task", "loader", "workers", "batches", "seconds", "batches/s", "tokens a batch"],
+                 [[r["task"], r.get("loader", "pipeline"), r["workers"], r["batches"], r["seconds"],
+                   r["batches_per_s"], r["tokens_per_batch"]] for r in report["rows"]]),
            "\n## Against an H100's step rate (estimated: bench/loader.py step_flops, a third of 989 TFLOP/s bf16)\n",
            table(["task", "smallest size", "TFLOPs a step", "ms a step", "steps/s"],
                  [[t, g["size"], g["step_tflops"], g["step_ms"], g["steps_per_s"]] for t, g in report["gpu"].items()]),
@@ -168,13 +174,17 @@ def main(argv=None):
     from lib import hardware
     rows = []
     for task in args.tasks:
+        if task == "mlm":  # fairseq's own masking, for comparison: what the stages used before
+            rows.append(run(task, 0, args.batches, stock=True))
+            print(json.dumps(rows[-1]), flush=True)
         for workers in args.workers:
             rows.append(run(task, workers, args.batches))
             print(json.dumps(rows[-1]), flush=True)
     report = {"machine": {"cpu": hardware.cpu(), "flags": hardware.isa_flags(), "cores": os.cpu_count()},
               "data": f"{Path.cwd()}/data/bin (its dictionaries; the batch shapes are the paper's)", "rows": rows,
               # one worker's rate: the loader in the training process (0) or in one worker process (1)
-              "per_worker": {task: max(r["batches_per_s"] for r in rows if r["task"] == task and r["workers"] <= 1)
+              "per_worker": {task: max(r["batches_per_s"] for r in rows
+                                       if r["task"] == task and r["workers"] <= 1 and r["loader"] == "pipeline")
                              for task in args.tasks},
               "gpu": {task: gpu_needs(task) for task in args.tasks}}
     report["targets"] = targets(report)

@@ -3,7 +3,8 @@ transformers RobertaForMaskedLM training loop.
 
 Both train the same RoBERTa (layers, hidden, FFN, heads of models.mlm; vocabulary = fairseq's
 dictionary with <mask>; pretrain.tokens_per_sample positions) on the same batches: fairseq's own
-masked_lm task and batch iterator (pretrain.max_tokens tokens per batch, pretrain.mask_prob masked),
+masked_lm task and batch iterator, its batches built as the pipeline's training builds them
+(lib/masked_lm_batches.py; pretrain.max_tokens tokens per batch, pretrain.mask_prob masked),
 with the same optimizer (fairseq's adam is Adam with decoupled weight decay, i.e. AdamW, on every
 parameter: betas 0.9/0.98, eps 1e-6, pretrain.weight_decay, pretrain.lr), dropout and threads.
 
@@ -160,13 +161,16 @@ def pipeline(name: str, total_updates: int, threads: int, precision: str):
 
 
 def fairseq_batches(args: list):
-    """fairseq's masked_lm task for these flags, and its shuffled batches, epoch after epoch."""
+    """fairseq's masked_lm task for these flags, and its shuffled batches, epoch after epoch, built as the
+    pipeline's training builds them (lib/masked_lm_batches.py)."""
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from lib.masked_lm_batches import batched_masking
     cfg = convert_namespace_to_omegaconf(
         options.parse_args_and_arch(options.get_training_parser(), [str(a) for a in args]))
     task = tasks.setup_task(cfg.task)
-    task.load_dataset("train")
+    with batched_masking():
+        task.load_dataset("train")
     iterator = task.get_batch_iterator(
         dataset=task.dataset("train"), max_tokens=cfg.dataset.max_tokens, max_sentences=cfg.dataset.batch_size,
         max_positions=task.max_positions(), required_batch_size_multiple=cfg.dataset.required_batch_size_multiple,

@@ -13,6 +13,7 @@ from lib.checkpoints import UnsafeCheckpoint, checkpoint_updates, export_checkpo
 from lib.devices import cpu_autocast, distributed_master, distributed_rank, trained_on, trained_precision
 from lib.errors import StageError, in_context_chain, log, summary as log_summary
 from lib.fairseq_cli import run_fairseq
+from lib.masked_lm_batches import batched_masking
 from lib.files import naming_disk_full, write_json
 from lib.progress import Progress, training_facts
 
@@ -163,7 +164,8 @@ def fairseq_hooks(train_step, get_valid_stats):
     trainer, stats, tracking_best)`; and --bf16 no longer implies --tpu (torch_xla): it means bfloat16 on
     the GPU, or the harness's CPU autocast. fairseq's process-wide best validation score is reset, so a
     second run in one process (tests) does not compare against the first run's best (a resumed run
-    restores its own). sentence_prediction's examples are ordered by length (shuffled among equal lengths),
+    restores its own). masked_lm's batches are built a batch at a time (lib/masked_lm_batches.py).
+    sentence_prediction's examples are ordered by length (shuffled among equal lengths),
     as masked_lm and translation already order theirs: fairseq's own order is shuffle only, so a batch of
     32 random GLUE sentences is padded to its longest (seen on SST-2: 3.1 tokens computed per real token).
     The batches are still shuffled every epoch."""
@@ -198,7 +200,8 @@ def fairseq_hooks(train_step, get_valid_stats):
     if hasattr(checkpoint_utils.save_checkpoint, "best"):
         del checkpoint_utils.save_checkpoint.best
     try:
-        yield
+        with batched_masking():
+            yield
     finally:
         fairseq_trainer.Trainer.train_step = original_train_step
         train_cli.get_valid_stats = original_valid_stats
