@@ -45,10 +45,12 @@ TARGETS = ["evaluate_glue", "evaluate_mt"]  # and every stage they depend on
 BENCH_SIZES = ["L6-H256", "L12-H768", "L6-H1536"]  # the paper grid's narrowest, base and widest; ~2 minutes
 MODES = {  # what differs between the check on a GPU and its dry run on CPU
     "gpu": {"runs": ["fp16", "bf16"], "bench_sizes": BENCH_SIZES, "bench_flags": [], "loader_batches": 40,
+            "loader_seconds": 3,
             # the tiny corpus 80 times: ~20 batches of 65536 tokens, so the timed updates are not all epoch starts
             # the pipelines are stopped at 5 minutes, the benchmark when the whole check reaches 8
             "corpus_copies": 80, "pipeline_timeout_s": 300, "total_s": 480, "bench_alone": True},
     "dry-run": {"runs": ["cpu"], "bench_sizes": ["T1", "T2"], "bench_flags": ["--quick"], "loader_batches": 3,
+                "loader_seconds": 0,
                 "corpus_copies": 1, "pipeline_timeout_s": 300, "total_s": 480, "bench_alone": False},
 }
 
@@ -90,8 +92,8 @@ def main(argv=None):
         left = max(60.0, started + mode["total_s"] - 10 - time.time())  # 10 s to inspect and write
         results["benchmark"] = benchmark(bench_project, sizes, mode["bench_flags"], left, env,
                                          log_path(args.out, "bench")) if data["ok"] else {**data, "sizes": sizes}
-        results["loader"] = loaders(bench_project, mode["loader_batches"], env, log_path(args.out, "loader")) \
-            if data["ok"] else data
+        results["loader"] = loaders(bench_project, mode["loader_batches"], mode["loader_seconds"], env,
+                                    log_path(args.out, "loader")) if data["ok"] else data
         done = done or {run: finish(job, mode["pipeline_timeout_s"]) for run, job in jobs.items()}
         results["pipeline"] = {run: {**done[run], **inspect(work / run / "project", run)} for run in mode["runs"]}
     results["failures"] = failures(results)
@@ -278,7 +280,7 @@ def benchmark(project: Path, sizes: list, flags: list, timeout_s: float, env: di
     return result
 
 
-def loaders(project: Path, batches: int, env: dict, log: Path) -> dict:
+def loaders(project: Path, batches: int, seconds: float, env: dict, log: Path) -> dict:
     """`python -m bench.loader` in the benchmark's project (its data): 0, 1 and the auto number of workers."""
     from lib.devices import loader_workers
     from lib.schema import Training
@@ -286,7 +288,7 @@ def loaders(project: Path, batches: int, env: dict, log: Path) -> dict:
                                    loader_workers="auto", seed=1), "cuda")
     out = project / "reports/loader.json"
     job = spawn([sys.executable, "-m", "bench.loader", "--workers", *map(str, sorted({0, 1, auto})),
-                 "--batches", str(batches), "--out", str(out)], project, env, log)
+                 "--batches", str(batches), "--seconds", str(seconds), "--out", str(out)], project, env, log)
     result = finish(job, 240)
     if out.exists():
         result.update(json.loads(out.read_text()))

@@ -2,7 +2,7 @@
 loader workers (fairseq's --num-workers), on this machine's CPU: what sets the pace of a GPU run when the
 batches cannot be built as fast as the GPU takes them (issue 32).
 
-  python -m bench.loader [--workers 0 1 2] [--batches 40] [--tasks mlm mt] [--out reports/loader.json]
+  python -m bench.loader [--workers 0 1 2] [--batches 40] [--seconds 5] [--tasks mlm mt] [--out reports/loader.json]
 
 Each loader is the training stage's own (for the masked LM, batches built a batch at a time,
 lib/masked_lm_batches.py; fairseq's own masked_lm pipeline, one sequence at a time, is measured beside it
@@ -10,7 +10,9 @@ with 0 workers, as "fairseq"): the flags of lib/recipes.pretrain_args / translat
 paper profile's recipe (masked LM: 512 sequences of 128 tokens, 15% masking; translation: 16,384-token
 batches) on the data/bin/mlm and data/bin/mt of the directory it runs in, iterated as fairseq-train iterates
 them (task.get_batch_iterator, next_epoch_itr), in a fresh process per measurement. The clock starts after the
-first batch (worker start-up) and runs over `--batches` batches, epochs rolled over.
+first batch (worker start-up) and runs over at least `--batches` batches and `--seconds` seconds, epochs rolled
+over. With workers, the training process only receives the batches: its CPU time a batch (main_cpu_ms) bounds
+what any number of workers can deliver to it.
 
 Against what a GPU needs: the step rate of the smallest paper size of each grid on an H100, estimated from
 the FLOPs of a step (step_flops) at a third of the H100's dense bf16 peak (the issue's assumption; `make
@@ -56,9 +58,9 @@ def loader_args(task: str, workers: int) -> list[str]:
     return args
 
 
-def measure(task: str, workers: int, batches: int, queue, stock: bool = False) -> None:
-    """In a child process: build the task from the flags and time `batches` batches after the first (with
-    fairseq's own masked-LM pipeline when `stock`)."""
+def measure(task: str, workers: int, batches: int, seconds: float, queue, stock: bool = False) -> None:
+    """In a child process: build the task from the flags and time at least `batches` batches after the first,
+    and at least `seconds` (with fairseq's own masked-LM pipeline when `stock`)."""
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     import lib.schedule  # noqa: F401  registers the recipes' budget_linear scheduler
@@ -69,30 +71,30 @@ def measure(task: str, workers: int, batches: int, queue, stock: bool = False) -
     with (contextlib.nullcontext() if stock else batched_masking()):  # the training stages' batches, or fairseq's
         fairseq_task.load_dataset("train", combine=False, epoch=1)
     dataset = fairseq_task.dataset("train")
-    tokens, done, epoch, start = 0, -1, 1, 0.0
-    while done < batches:
-        iterator = fairseq_task.get_batch_iterator(
-            dataset=dataset, max_tokens=cfg.dataset.max_tokens, max_sentences=cfg.dataset.batch_size,
-            max_positions=fairseq_task.max_positions(), required_batch_size_multiple=8, seed=1,
-            num_workers=workers, epoch=epoch).next_epoch_itr(shuffle=True)
-        for sample in iterator:
+    iterator = fairseq_task.get_batch_iterator(  # one iterator, epoch after epoch, as fairseq-train's
+        dataset=dataset, max_tokens=cfg.dataset.max_tokens, max_sentences=cfg.dataset.batch_size,
+        max_positions=fairseq_task.max_positions(), required_batch_size_multiple=8, seed=1, num_workers=workers)
+    tokens, done, start, cpu_start, elapsed = 0, -1, 0.0, 0.0, 0.0
+    while done < batches or elapsed < seconds:
+        for sample in iterator.next_epoch_itr(shuffle=True):
             done += 1
             if done == 0:  # the first batch pays the workers' start-up: the clock starts after it
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 continue
             tokens += sample["ntokens"]
-            if done == batches:
+            elapsed = time.perf_counter() - start
+            if done >= batches and elapsed >= seconds:
                 break
-        epoch += 1
-    seconds = time.perf_counter() - start
-    queue.put({"task": task, "loader": "fairseq" if stock else "pipeline", "workers": workers, "batches": batches, "seconds": round(seconds, 2),
-               "batches_per_s": round(batches / seconds, 2), "tokens_per_batch": round(tokens / batches)})
+    main_cpu = time.process_time() - cpu_start
+    queue.put({"task": task, "loader": "fairseq" if stock else "pipeline", "workers": workers, "batches": done,
+               "seconds": round(elapsed, 2), "batches_per_s": round(done / elapsed, 2),
+               "main_cpu_ms": round(1000 * main_cpu / done, 2), "tokens_per_batch": round(tokens / done)})
 
 
-def run(task: str, workers: int, batches: int, stock: bool = False) -> dict:
+def run(task: str, workers: int, batches: int, seconds: float, stock: bool = False) -> dict:
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing cached from the last one
     queue = context.Queue()
-    child = context.Process(target=measure, args=(task, workers, batches, queue, stock))
+    child = context.Process(target=measure, args=(task, workers, batches, seconds, queue, stock))
     child.start()
     while child.is_alive() or not queue.empty():
         try:
@@ -139,12 +141,21 @@ def targets(report: dict) -> list:
     rows = []
     for task, rate in report["per_worker"].items():
         steps = report["gpu"][task]["steps_per_s"]
-        ratio = workers * rate / steps  # workers build batches independently: the rate adds up while cores are free
-        rows.append({"name": f"{task}: batches/s of {workers} workers (auto on a {GPU_NODE_CORES}-core node) / "
-                             f"{SMALLEST[task]}'s H100 steps/s", "value": round(ratio, 2),
-                     "workers": workers, "workers_needed": math.ceil(TARGET_HEADROOM * steps / rate),
+        # workers build batches independently (the rate adds up while cores are free), up to what the training
+        # process can receive: 1 / its CPU time a batch with workers
+        receive = report.get("receive_per_s", {}).get(task, math.inf)
+        ratio = min(workers * rate, receive) / steps
+        rows.append({"name": f"{task}: batches/s of {workers} workers (auto on a {GPU_NODE_CORES}-core node), at most "
+                             f"what training receives / {SMALLEST[task]}'s H100 steps/s", "value": round(ratio, 2),
+                     "workers": workers, "workers_needed": math.ceil(TARGET_HEADROOM * steps / rate)
+                     if receive >= TARGET_HEADROOM * steps else "none suffice",
                      **check(ratio, ">=", TARGET_HEADROOM)})
     return rows
+
+
+def per_worker(rows: list, task: str) -> float:
+    mine = {r["workers"]: r["batches_per_s"] for r in rows if r["task"] == task and r["loader"] == "pipeline"}
+    return mine[1] if 1 in mine else mine[0]
 
 
 def markdown(report: dict) -> str:
@@ -152,9 +163,12 @@ def markdown(report: dict) -> str:
     out = ["# Training data loaders at the paper batch\n",
            f"`python -m bench.loader` on {m['cpu']}, {m['cores']} cores; data: "
            f"{report['data']}. Batches per second after the first, by loader workers (fairseq's --num-workers).\n",
-           table(["task", "loader", "workers", "batches", "seconds", "batches/s", "tokens a batch"],
+           table(["task", "loader", "workers", "batches", "seconds", "batches/s", "training process's CPU ms a batch",
+                  "tokens a batch"],
                  [[r["task"], r.get("loader", "pipeline"), r["workers"], r["batches"], r["seconds"],
-                   r["batches_per_s"], r["tokens_per_batch"]] for r in report["rows"]]),
+                   r["batches_per_s"], r.get("main_cpu_ms", ""), r["tokens_per_batch"]] for r in report["rows"]]),
+           "\nA worker's rate is the 1-worker row's (what one worker process delivers); with workers, the training "
+           "process's CPU time a batch is what receiving costs it, and bounds the rate of any number of workers.\n",
            "\n## Against an H100's step rate (estimated: bench/loader.py step_flops, a third of 989 TFLOP/s bf16)\n",
            table(["task", "smallest size", "TFLOPs a step", "ms a step", "steps/s"],
                  [[t, g["size"], g["step_tflops"], g["step_ms"], g["steps_per_s"]] for t, g in report["gpu"].items()]),
@@ -167,7 +181,8 @@ def markdown(report: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.loader", description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--batches", type=int, default=40, help="at least this many batches timed")
+    p.add_argument("--seconds", type=float, default=5.0, help="and for at least this long")
     p.add_argument("--tasks", nargs="+", choices=["mlm", "mt"], default=["mlm", "mt"])
     p.add_argument("--out", type=Path, default=OUT, help="JSON results (the markdown goes beside it)")
     args = p.parse_args(argv)
@@ -175,17 +190,19 @@ def main(argv=None):
     rows = []
     for task in args.tasks:
         if task == "mlm":  # fairseq's own masking, for comparison: what the stages used before
-            rows.append(run(task, 0, args.batches, stock=True))
+            rows.append(run(task, 0, args.batches, args.seconds, stock=True))
             print(json.dumps(rows[-1]), flush=True)
         for workers in args.workers:
-            rows.append(run(task, workers, args.batches))
+            rows.append(run(task, workers, args.batches, args.seconds))
             print(json.dumps(rows[-1]), flush=True)
     report = {"machine": {"cpu": hardware.cpu(), "flags": hardware.isa_flags(), "cores": os.cpu_count()},
               "data": f"{Path.cwd()}/data/bin (its dictionaries; the batch shapes are the paper's)", "rows": rows,
-              # one worker's rate: the loader in the training process (0) or in one worker process (1)
-              "per_worker": {task: max(r["batches_per_s"] for r in rows
-                                       if r["task"] == task and r["workers"] <= 1 and r["loader"] == "pipeline")
-                             for task in args.tasks},
+              # one worker's rate: what one worker process delivers (the 1-worker row; else the loader in the
+              # training process); receiving a batch from workers costs the training process main_cpu_ms
+              "per_worker": {task: per_worker(rows, task) for task in args.tasks},
+              "receive_per_s": {task: round(1000 / max(r["main_cpu_ms"] for r in rows
+                                                       if r["task"] == task and r["workers"] > 0), 1)
+                                for task in args.tasks if any(r["task"] == task and r["workers"] > 0 for r in rows)},
               "gpu": {task: gpu_needs(task) for task in args.tasks}}
     report["targets"] = targets(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -141,3 +141,17 @@ def test_repro_times_takes_each_stage_from_its_latest_log(tmp_path):
                                 "evaluate_glue@A-sst2": 12.0}
     assert latest["total_s"] == 202.0
     assert latest["kinds"]["compress + evaluate"] == {"seconds": 12.0, "share": round(12.0 / 202.0, 3)}
+
+
+def test_loader_target_counts_workers_up_to_what_training_receives():
+    """bench.loader: auto's workers on a 16-core node add up their rates, but no faster than the training
+    process receives batches (1 / its CPU time a batch with workers)."""
+    from bench.loader import targets
+    from lib.devices import AUTO_CUDA_WORKERS
+    report = {"per_worker": {"mlm": 100.0}, "receive_per_s": {"mlm": 300.0}, "gpu": {"mlm": {"steps_per_s": 100.0}}}
+    [row] = targets(report)
+    assert row["workers"] == AUTO_CUDA_WORKERS and row["value"] == 3.0 and row["pass"] is True
+    [row] = targets({**report, "receive_per_s": {"mlm": 200.0}})
+    assert row["value"] == 2.0 and row["pass"] is False and row["workers_needed"] == "none suffice"
+    [row] = targets({**report, "receive_per_s": {}})  # no worker rows measured: the workers' rates alone
+    assert row["value"] == AUTO_CUDA_WORKERS * 100.0 / 100.0 and row["workers_needed"] == 3
