@@ -13,7 +13,6 @@ from lib.checkpoints import UnsafeCheckpoint, checkpoint_updates, export_checkpo
 from lib.devices import cpu_autocast, distributed_master, distributed_rank, trained_on, trained_precision
 from lib.errors import StageError, in_context_chain, log, summary as log_summary
 from lib.fairseq_cli import run_fairseq
-from lib.masked_lm_batches import batched_masking
 from lib.files import naming_disk_full, write_json
 from lib.progress import Progress, training_facts
 
@@ -174,6 +173,7 @@ def fairseq_hooks(train_step, get_valid_stats):
     from fairseq.data import SortDataset
     from fairseq.tasks.sentence_prediction import SentencePredictionTask
     import fairseq_cli.train as train_cli
+    from lib.masked_lm_batches import batched_masking  # imports fairseq: here, after the stage's logging is set up
 
     original_train_step = fairseq_trainer.Trainer.train_step
     original_valid_stats = train_cli.get_valid_stats
