@@ -169,11 +169,12 @@ def batched_masking():
     original = MaskedLMTask.load_dataset
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        if not supported(self.cfg):  # decided before opening the split, which fairseq's pipeline opens again
+            return original(self, split, epoch=epoch, combine=combine, **kwargs)
         paths = utils.split_paths(self.cfg.data)
         dataset = data_utils.load_indexed_dataset(os.path.join(paths[(epoch - 1) % len(paths)], split),
                                                   self.source_dictionary, combine=combine)
-        tokens = flat_tokens(dataset) if dataset is not None and supported(self.cfg) else None
-        if tokens is None:
+        if dataset is None or flat_tokens(dataset) is None:  # missing (fairseq names it) or not one mmap stream
             return original(self, split, epoch=epoch, combine=combine, **kwargs)
         vocab = self.source_dictionary
         self.datasets[split] = MaskedBlocks(
