@@ -64,7 +64,7 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
 
     def train_step(original_train_step, self, samples):
         if not state.get("started"):  # this process's first update
-            state["started"] = True
+            state["started"], state["task"] = True, self.task
             if self.get_num_updates() > 0:
                 # resumed: fairseq's clock has run since it loaded the checkpoint, but this process's
                 # start-up is not training (the killed run counted its own), and a late kill would
@@ -144,6 +144,7 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
         raise StageError(f"{label}: does not fit in memory ({str(e).splitlines()[0]}). "
                          "Lower max_tokens (the batch size in tokens) for this stage in params.yaml.")
     finally:
+        close_loaders(state.get("task"))
         if progress is not None:
             progress.close()
     if not master:
@@ -153,6 +154,17 @@ def train_with_budget(label: str, work: Path, args: list, curve_path: Path, flop
     curve_path.parent.mkdir(parents=True, exist_ok=True)
     write_curve(curve_path, rows)
     return rows[-1]
+
+
+def close_loaders(task) -> None:
+    """Shut down the loader workers of fairseq's batch iterators (the task caches them) while they are still
+    reachable. fairseq leaves them to the garbage collector, which collects them in a cycle with their queues:
+    the queues close first, and torch then waits 5 s for each persistent worker before killing it (10 s a run
+    with loader workers, paid by whatever runs next in this process)."""
+    for epoch_itr in getattr(task, "dataset_to_epoch_iter", {}).values():
+        iterator = getattr(getattr(epoch_itr, "dataloader", None), "_iterator", None)
+        if hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
 
 
 @contextlib.contextmanager

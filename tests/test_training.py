@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -374,11 +375,13 @@ def test_loader_workers_none_on_a_cpu_and_the_spare_cores_of_each_rank_on_cuda()
 
 def test_with_loader_workers_the_harness_sees_every_batch(prepared):
     """fairseq's workers only build the batches: the harness's train_step hook still counts each of them, so the
-    curve (updates, tokens, losses) is the same as with batches built in the training process."""
+    curve (updates, tokens, losses) is the same as with batches built in the training process. The workers are
+    shut down when the run ends, not left to the garbage collector (which waits 5 s for each, then kills it)."""
     curves = {}
     for workers in (0, 1):
         set_params(prepared, lambda p: p["training"].update(loader_workers=workers))
         pretrain.main(["T1"])
+        assert psutil.Process().children(recursive=True) == []
         curves[workers] = [{k: r[k] for k in ("updates", "tokens", "train_loss", "valid_loss")}
                            for r in read_curve("reports/curves/pretrain-T1.csv")]
         shutil.rmtree("models/pretrain/T1")
