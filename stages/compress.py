@@ -26,7 +26,7 @@ import json
 import re
 import shutil
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -70,11 +70,15 @@ def main(argv):
 
     out = COMPRESSED_DIR / name
     # zip sizes are computed on the other core while this one prunes, quantizes and exports (zlib releases
-    # the GIL): each variant.json is written once its zip is measured
+    # the GIL): each variant.json is written once its zip is measured. Each queued zip holds its variant's
+    # packed weights, so a sparsity waits for the previous sparsity's zips: at most two sparsities' weights
+    # wait in memory (unbounded, the paper translator's 40 variants grew past 24 GB)
     with atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=1) as zipper:
         pending = []  # (variant.json path, its record, the futures of the zip sizes that add up to bytes_zip)
-        dense_zip = None
+        dense_zip, queued = None, []
         for i, sparsity in enumerate(cfg.sparsities, 1):
+            wait(queued)
+            queued = [z for _, _, zips in pending for z in zips if not z.done()]
             pruned = prune({k: state[k] for k in matrices}, sparsity, cfg.pruning)
             model, recovered = {**state, **pruned}, None
             if recovery and sparsity > 0:

@@ -136,3 +136,35 @@ def test_unknown_size_is_refused(in_trained_project):
     with pytest.raises(StageError) as e:
         compress.main(["glue", "L99", "sst2"])
     assert "SIZE one of pretrain.sizes ['T1', 'T2']" in str(e.value)
+
+
+def test_zips_waiting_in_memory_are_at_most_two_sparsities_worth(in_trained_project, monkeypatch):
+    """Each queued zip holds its variant's packed weights: when zipping is slower than pruning (the paper's
+    translator), a sparsity waits for the previous one's zips instead of queueing all 40 variants (which grew
+    past 24 GB there). Here zipping is made slow, and the zips queued at any time are counted."""
+    import threading
+    import time
+    set_params(in_trained_project, compress_params(sparsities=[0.0, 0.3, 0.5, 0.7, 0.9], bits=[4, 8]))
+    original, lock, state = compress.zip_bytes, threading.Lock(), {"queued": 0, "most": 0}
+    submit = compress.ThreadPoolExecutor.submit
+
+    def counted_submit(self, fn, *args):
+        if fn is not slow_zip:
+            return submit(self, fn, *args)
+        with lock:
+            state["queued"] += 1
+            state["most"] = max(state["most"], state["queued"])
+        return submit(self, fn, *args)
+
+    def slow_zip(tensors):
+        time.sleep(0.3)
+        with lock:
+            state["queued"] -= 1
+        return original(tensors)
+
+    monkeypatch.setattr(compress, "zip_bytes", slow_zip)
+    monkeypatch.setattr(compress.ThreadPoolExecutor, "submit", counted_submit)
+    compress.main(["glue", "T2", "sst2"])
+    assert len(variants(Path("models/compressed/T2-sst2"))) == 15
+    per_sparsity = 3  # fp32, q4 and q8 (and the dense weights' zip once, with the first)
+    assert per_sparsity < state["most"] <= 2 * per_sparsity + 1, state
