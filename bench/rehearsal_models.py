@@ -31,6 +31,7 @@ import contextlib
 import csv
 import os
 import json
+import math
 import re
 import shutil
 import sys
@@ -53,6 +54,10 @@ PAPER_BATCH = {"pretrain": "65,536 tokens", "train_mt": "16,384 tokens", "finetu
 PEAK_RSS_TARGET_MB = 32_000  # issue 32: no model stage above 32 GB at paper size
 DISK_RATIO_TARGET = 1.5      # a pruned variant's bytes on disk / its bytes_zip
 REAL_MIRROR = Path(os.environ.get("DATA_MIRROR", REPO.parent / "shared" / "data"))  # SST-2 is real
+# compress's phases, from its console: the first sparsity (its fairseq variants and the ONNX models), each later
+# sparsity's fairseq variants, then the bytes_zip of every variant (computed alongside, waited for at the end)
+COMPRESS_STEPS = [("first sparsity", ""), ("other sparsities", r"\[1/\d+\] sparsity"),
+                  ("bytes_zip", r"\[(\d+)/\1\] sparsity")]
 VARIANT_LINE = re.compile(r"evaluate \S+: \[\d+/\d+\] (\S+): .*\(([\d.]+) s, timing ([\d.]+) s\)$")
 
 
@@ -115,6 +120,8 @@ def run_stage(work: Path, logs: Path, stage: str, args: list, outputs: list) -> 
         tail = "\n".join(line for _, line in lines[-15:])
         raise SystemExit(f"rehearsal: {name} failed (exit {result['rc']}); its log: {result['log']}\n{tail}")
     result |= {"stage": stage, "args": args, "output_bytes": sum(rehearsal.dir_bytes(work / o) for o in outputs)}
+    if stage == "compress":
+        result["steps"] = rehearsal.step_times(lines, COMPRESS_STEPS, result["wall_s"])
     if stage == "evaluate":
         matches = [m for _, line in lines if (m := VARIANT_LINE.search(line))]
         result["variant_seconds"] = {m.group(1): float(m.group(2)) for m in matches}
@@ -150,9 +157,9 @@ def load_seconds(work: Path, compressed: Path) -> dict:
 
 
 def model_runs(work: Path, logs: Path, kind: str, size: str, task: str | None, params: dict,
-               compressed: bool = True) -> list:
-    """Training, compress and evaluate of one model (training only unless `compressed`); its checkpoints and
-    variants removed afterwards."""
+               compressed: bool = True, evaluated: bool = True) -> list:
+    """Training, compress and evaluate of one model (training only unless `compressed`, no evaluate unless
+    `evaluated`); its checkpoints and variants removed afterwards."""
     if kind == "mt":
         train = run_stage(work, logs, "train_mt", [size], [f"models/mt/{size}"])
         model, args, source = f"mt-{size}", ["mt", size], f"models/mt/{size}"
@@ -165,15 +172,18 @@ def model_runs(work: Path, logs: Path, kind: str, size: str, task: str | None, p
     compress = run_stage(work, logs, "compress", args, [f"models/compressed/{model}"])
     compress["variants"] = variant_bytes(work / "models/compressed" / model)
     compress["load_seconds"] = load_seconds(work, work / "models/compressed" / model)
-    evaluate = run_stage(work, logs, "evaluate", args, [f"reports/eval/{model}.csv", f"reports/predictions/{model}"])
-    evaluate["examples"] = params["evaluate"]["max_test_sentences" if kind == "mt" else "max_dev_examples"]
-    evaluate["load_seconds"] = compress["load_seconds"]  # what a variant costs before it is scored, anywhere
-    with open(work / f"reports/eval/{model}.csv") as f:  # dev splits (MNLI: matched and mismatched)
-        evaluate["splits"] = len({row["split"] for row in csv.DictReader(f)})
+    runs = [train, compress]
+    if evaluated:
+        evaluate = run_stage(work, logs, "evaluate", args,
+                             [f"reports/eval/{model}.csv", f"reports/predictions/{model}"])
+        evaluate["examples"] = params["evaluate"]["max_test_sentences" if kind == "mt" else "max_dev_examples"]
+        evaluate["load_seconds"] = compress["load_seconds"]  # what a variant costs before it is scored, anywhere
+        with open(work / f"reports/eval/{model}.csv") as f:  # dev splits (MNLI: matched and mismatched)
+            evaluate["splits"] = len({row["split"] for row in csv.DictReader(f)})
+        runs.append(evaluate)
     shutil.rmtree(work / "models/compressed" / model, ignore_errors=True)
     shutil.rmtree(work / source, ignore_errors=True)
-    return [{**r, "model": model, "size": size, "kind": kind, "dims": params["models"][kind][size]}
-            for r in (train, compress, evaluate)]
+    return [{**r, "model": model, "size": size, "kind": kind, "dims": params["models"][kind][size]} for r in runs]
 
 
 def rehearse(args, root: Path, logs: Path, save=lambda entries: None) -> list:
@@ -195,17 +205,25 @@ def rehearse(args, root: Path, logs: Path, save=lambda entries: None) -> list:
         save(entries)
         for pair in args.finetune:
             if pair.split(":")[0] == size:
-                entries += model_runs(work, logs, "mlm", size, pair.split(":")[1], params)
+                entries += model_runs(work, logs, "mlm", size, pair.split(":")[1], params,
+                                      evaluated=not args.no_evaluate)
                 save(entries)
         shutil.rmtree(work / "models/pretrain" / size, ignore_errors=True)
     for size in args.mt:
         entries += model_runs(work, logs, "mt", size, None, params,
-                              compressed=args.mt_compress is None or size in args.mt_compress)
+                              compressed=args.mt_compress is None or size in args.mt_compress,
+                              evaluated=not args.no_evaluate)
         save(entries)
     return entries
 
 
 # ---------------------------------------------------------------- projections and the report
+
+def grid_counts(p: dict) -> tuple[int, int]:
+    """(fairseq variants, ONNX models) that compress makes of one model with `p`'s grid."""
+    grid = p["compress"]
+    return len(grid["sparsities"]) * (1 + len(grid["bits"])), len(grid["onnx_sparsities"]) * len(ONNX_FORMATS)
+
 
 def forward_flops(entry: dict, p: dict) -> float:
     """FLOPs of scoring one evaluated example at paper length: 2 N per token (forward), ~40 tokens a GLUE
@@ -231,9 +249,9 @@ def evaluation_projection(entry: dict, p: dict) -> dict:
     scale, seconds = cap / entry["examples"], entry["variant_seconds"]
     timing = entry.get("timing_seconds", {})
     scoring = {v: (seconds[v] - timing.get(v, 0.0)) * scale for v in seconds}
-    grid = p["compress"]
-    kinds = {"fairseq": ([v for v in seconds if "onnx" not in v], len(grid["sparsities"]) * (1 + len(grid["bits"]))),
-             "onnx": ([v for v in seconds if "onnx" in v], len(grid["onnx_sparsities"]) * len(ONNX_FORMATS))}
+    fairseq_grid, onnx_grid = grid_counts(p)
+    kinds = {"fairseq": ([v for v in seconds if "onnx" not in v], fairseq_grid),
+             "onnx": ([v for v in seconds if "onnx" in v], onnx_grid)}
     cpu = {k: sum(scoring[v] for v in ran) / len(ran) * paper for k, (ran, paper) in kinds.items() if ran}
     load = max(entry.get("load_seconds", {}).values(), default=0.0)
     gpu_each = load + cap * entry.get("splits", 1) * forward_flops(entry, p) / (H100_BF16_FLOPS * ASSUMED_MFU)
@@ -246,6 +264,146 @@ def evaluation_projection(entry: dict, p: dict) -> dict:
             "onnx_scoring_gpu_node_s": round(onnx_gpu_node, 2), "fairseq_variants": fairseq_paper,
             "fairseq_each_on_gpu_s": round(gpu_each, 2),
             "variants_measured": f"{len(seconds)} of {sum(paper for _, paper in kinds.values())}"}
+
+
+# ---------------------------------------------------------------- the paper profile as configured, projected
+
+def fairseq_variants(entry: dict) -> list:
+    return [v for v in entry["variants"] if not is_onnx(v["format"])]
+
+
+def grid_point(variant: dict) -> tuple:
+    return round(variant["sparsity"], 2), variant["bits"]
+
+
+def bytes_ratios(entries: list, p: dict, points: set) -> dict:
+    """Per compress entry that ran the full grid: its fairseq variants' bytes on disk over those of the variants
+    at `points` (sparsity, bits) alone."""
+    ratios = {}
+    for e in entries:
+        if e["stage"] == "compress" and len(fairseq_variants(e)) >= grid_counts(p)[0]:
+            part = sum(v["disk_bytes"] for v in fairseq_variants(e) if grid_point(v) in points)
+            if part:
+                ratios[e["model"]] = sum(v["disk_bytes"] for v in fairseq_variants(e)) / part
+    return ratios
+
+
+def full_grid_compress(entry: dict, entries: list, p: dict) -> dict:
+    """Seconds and bytes of compress with the paper's full grid, from a run of part of it (a compress entry).
+    Bytes: the ONNX models as made (the grid's ONNX sparsities are run whole), the fairseq variants' bytes times
+    the mean ratio of all fairseq variants' bytes to those at the same (sparsity, bits) points in the runs of the
+    full grid (bytes_ratios). Seconds: the first sparsity as run (its ONNX models included), every fairseq
+    variant not run at the per-variant rate of the later sparsities, and the wait for bytes_zip scaled by the
+    number of variants (the "steps" of its console, COMPRESS_STEPS)."""
+    fairseq, (fairseq_grid, onnx_grid) = fairseq_variants(entry), grid_counts(p)
+    if len(fairseq) >= fairseq_grid:
+        return {"seconds": entry["wall_s"], "bytes": entry["output_bytes"], "how": "measured"}
+    ratios = bytes_ratios(entries, p, {grid_point(v) for v in fairseq})
+    fairseq_bytes = sum(v["disk_bytes"] for v in fairseq)
+    projected = {"bytes": None, "seconds": None,
+                 "how": f"{len(entry['variants'])} variants run; bytes scaled as in "
+                        f"{', '.join(ratios) or 'no full-grid run'}"}
+    if ratios:
+        projected["bytes"] = (entry["output_bytes"] - fairseq_bytes
+                              + fairseq_bytes * sum(ratios.values()) / len(ratios))
+    steps, first = entry.get("steps"), min(v["sparsity"] for v in fairseq)
+    at_first = sum(v["sparsity"] == first for v in fairseq)
+    if steps and len(fairseq) > at_first:
+        rate = steps["other sparsities"] / (len(fairseq) - at_first)
+        projected["seconds"] = round(steps["first sparsity"] + rate * (fairseq_grid - at_first)
+                                     + steps["bytes_zip"] * (fairseq_grid + onnx_grid) / len(entry["variants"]), 1)
+    return projected
+
+
+def profile_runs(p: dict) -> list:
+    """Every training, compress and evaluate run the paper profile makes (its dvc.yaml stages' items)."""
+    runs = [{"stage": "pretrain", "model": s, "size": s, "kind": "mlm"} for s in p["pretrain"]["sizes"]]
+    glue = [(s, t, "") for s in p["pretrain"]["sizes"] for t in p["data"]["glue_tasks"]]
+    glue += [(s, t, "-random") for s in p["finetune"]["random_init_sizes"] for t in p["data"]["glue_tasks"]]
+    for size, task, random in glue:
+        runs += [{"stage": stage, "model": f"{size}-{task}{random}", "size": size, "kind": "mlm", "task": task,
+                  "random": bool(random)} for stage in ("finetune", "compress", "evaluate")]
+    for size in p["train_mt"]["sizes"]:
+        runs += [{"stage": stage, "model": f"mt-{size}", "size": size, "kind": "mt"}
+                 for stage in ("train_mt", "compress", "evaluate")]
+    return runs
+
+
+def run_projection(run: dict, entries: list, p: dict) -> dict:
+    """One run of the paper profile: seconds on a GPU node and on this machine, output bytes, and how they were
+    found. Training takes its budget anywhere. Compress and evaluate: as rehearsed (full_grid_compress,
+    evaluation_projection), or, for a model not rehearsed, scaled from the rehearsed model of its kind (for
+    evaluate, of its task first) nearest in trained-model bytes, in proportion to those bytes. A random-init
+    control is compressed and evaluated dense only: one variant's share of its pretrained twin's figures."""
+    measured = {(e["stage"], e["model"]): e for e in entries}
+    trained = {e["size"] if e["stage"] == "pretrain" else e["model"]: e["output_bytes"] for e in entries
+               if e["stage"] in ("pretrain", "train_mt")}
+    model_bytes = trained.get(run["size"] if run["kind"] == "mlm" else run["model"])
+    training = run["stage"] in ("pretrain", "finetune", "train_mt")
+    budget = p[run["stage"]]["recipe"]["budget"]["seconds"] if training else None
+    if model_bytes is None:  # its size never trained here: nothing to scale from
+        return {"gpu_node_s": budget, "here_s": budget, "bytes": None, "how": "size not rehearsed"}
+    if training:
+        e = measured.get((run["stage"], run["model"]))
+        return {"gpu_node_s": budget, "here_s": budget, "bytes": e["output_bytes"] if e else model_bytes,
+                "how": "its budget" + ("" if e else "; bytes: the pretrained model's")}
+
+    def figures(e):
+        if run["stage"] == "compress":
+            full = full_grid_compress(e, entries, p)
+            return full["seconds"], full["seconds"], full["bytes"], full["how"]
+        x = evaluation_projection(e, p)
+        return x["gpu_node_s"], x["cpu_s"], e["output_bytes"], "scaled to the paper's caps"
+
+    twin = run["model"].removesuffix("-random")
+    if (run["stage"], twin) in measured:
+        gpu, here, out, how = figures(measured[(run["stage"], twin)])
+        scale = 1.0
+    else:
+        of_kind = [e for e in entries if e["stage"] == run["stage"] and e["kind"] == run["kind"]]
+        # evaluate: the same task first (MNLI scores two dev splits); compress does not depend on the task
+        rehearsed = [e for e in of_kind if run["stage"] == "compress"
+                     or e["model"].endswith(f"-{run.get('task')}")] or of_kind
+        own = lambda e: trained.get(e["size"] if e["kind"] == "mlm" else e["model"])  # noqa: E731
+        rehearsed = [e for e in rehearsed if own(e)]
+        if not rehearsed:
+            return {"gpu_node_s": None, "here_s": None, "bytes": None, "how": f"no {run['stage']} rehearsed"}
+        nearest = min(rehearsed, key=lambda e: abs(math.log(own(e) / model_bytes)))
+        gpu, here, out, how = figures(nearest)
+        scale = model_bytes / own(nearest)
+        how = f"scaled from {nearest['model']} by model bytes"
+    if run.get("random"):
+        scale /= sum(grid_counts(p))
+        how += "; dense only"
+    times = lambda x: None if x is None else x * scale  # noqa: E731
+    return {"gpu_node_s": times(gpu), "here_s": times(here), "bytes": times(out), "how": how}
+
+
+def profile_projection(entries: list, p: dict, data_bytes: float | None) -> dict:
+    """The paper profile's runs, projected (run_projection), summed per stage, and its total disk: every output
+    (models, variants, evaluation reports) plus the data (the data rehearsal's full-size outputs), in the workspace
+    and again in the DVC cache."""
+    rows = []
+    for run in profile_runs(p):
+        rows.append({**run, **run_projection(run, entries, p)})
+    stages = {}
+    for r in rows:
+        s = stages.setdefault(r["stage"], {"runs": 0, "rehearsed": 0, "gpu_node_h": 0.0, "here_h": 0.0, "bytes": 0.0,
+                                             "peak_rss_mb": 0, "unknown": 0})
+        s["runs"] += 1
+        rehearsed = [e for e in entries if e["stage"] == r["stage"] and e["model"] == r["model"]]
+        s["rehearsed"] += bool(rehearsed)
+        s["peak_rss_mb"] = max([s["peak_rss_mb"]] + [e["peak_rss_mb"] or 0 for e in rehearsed])
+        if None in (r["gpu_node_s"], r["here_s"], r["bytes"]):
+            s["unknown"] += 1
+            continue
+        s["gpu_node_h"] += r["gpu_node_s"] / 3600
+        s["here_h"] += r["here_s"] / 3600
+        s["bytes"] += r["bytes"]
+    outputs = sum(s["bytes"] for s in stages.values())
+    return {"runs": rows, "stages": stages, "outputs_bytes": outputs, "data_bytes": data_bytes,
+            "scratch_bytes": max((e.get("peak_disk_bytes") or 0 for e in entries), default=0),
+            "total_bytes": outputs + (data_bytes or 0)}
 
 
 def targets(entries: list) -> list:
@@ -309,10 +467,60 @@ def markdown(report: dict) -> str:
                    "median ratio"],
                   [[e["model"], len(e["variants"]), round(sum(v["disk_bytes"] for v in e["variants"]) / 1e9, 2),
                     len(r), r[-1] if r else "", r[len(r) // 2] if r else ""] for e, r in compressions])]
+    out += profile_markdown(entries, p)
     rebuilt = [f"{e['stage']} {e['model']} ({e['from']})" for e in entries if e.get("from")]
     if rebuilt:
         out += ["\nRebuilt from the logs of a stopped run (no disk or largest-process figures): " + "; ".join(rebuilt)]
     return "\n".join(out) + "\n"
+
+
+def data_bytes() -> float | None:
+    """The paper data's outputs at full size (fetch and prepare), from the data rehearsal's report."""
+    if not rehearsal.OUT.exists():
+        return None
+    return sum(row[-1] for row in rehearsal.full_size(json.loads(rehearsal.OUT.read_text())["entries"])) * 1e9
+
+
+def profile_markdown(entries: list, p: dict) -> list:
+    x = profile_projection(entries, p, data_bytes())
+    fairseq_grid, onnx_grid = grid_counts(p)
+    gb = lambda b: round(b / 1e9, 1)  # noqa: E731
+    compressions = [(e, full_grid_compress(e, entries, p)) for e in entries if e["stage"] == "compress"]
+    out = ["\n## Compress with the paper's full grid\n",
+           f"{fairseq_grid} fairseq variants and {onnx_grid} ONNX models a model. Where a rehearsal ran part of the "
+           "grid: bytes and seconds projected by bench/rehearsal_models.py full_grid_compress (the ONNX models as "
+           "made; the fairseq variants' bytes in the proportion the full-grid runs show; seconds from the stage's "
+           "phases: the first sparsity as run, each further variant at the rate of the later ones, the bytes_zip "
+           "wait in proportion to the variants).\n",
+           table(["model", "variants run", "wall s (run)", "output GB (run)", "full grid: s", "full grid: GB", "how"],
+                 [[e["model"], len(e["variants"]), e["wall_s"], gb(e["output_bytes"]), f.get("seconds") or "",
+                   "" if f.get("bytes") is None else gb(f["bytes"]), f["how"]] for e, f in compressions]),
+           "\n## The paper profile as configured, projected\n",
+           "Every run its dvc.yaml makes with profiles/paper.yaml (bench/rehearsal_models.py profile_runs), one "
+           "after another: training takes its budget on any machine; compress and evaluate as rehearsed above, and "
+           "for a model not rehearsed, scaled from the rehearsed one of its kind nearest in model bytes, in "
+           "proportion to those bytes (run_projection; the random-init controls are compressed and evaluated dense "
+           "only). Compress is CPU work on either machine.\n",
+           table(["stage", "runs", "rehearsed", "GPU node (h)", "this machine (h)", "outputs GB",
+                  "outputs + DVC cache GB", "largest peak RSS MB (rehearsed)"],
+                 [[stage, s["runs"], s["rehearsed"], round(s["gpu_node_h"], 1), round(s["here_h"], 1), gb(s["bytes"]),
+                   gb(2 * s["bytes"]), s["peak_rss_mb"] or ""] for stage, s in x["stages"].items()]
+                 + [["all", sum(s["runs"] for s in x["stages"].values()),
+                     sum(s["rehearsed"] for s in x["stages"].values()),
+                     round(sum(s["gpu_node_h"] for s in x["stages"].values()), 1),
+                     round(sum(s["here_h"] for s in x["stages"].values()), 1), gb(x["outputs_bytes"]),
+                     gb(2 * x["outputs_bytes"]), max(s["peak_rss_mb"] for s in x["stages"].values())]])]
+    unknown = sum(s["unknown"] for s in x["stages"].values())
+    data = ("the data not measured (run `python -m bench.rehearsal data`)" if x["data_bytes"] is None else
+            f"the data's {gb(x['data_bytes'])} GB (reports/rehearsal-data.md, at full size)")
+    out += [f"\n**Disk, the paper profile in all: {gb(x['total_bytes'])} GB in the workspace** (every output above "
+            f"plus {data}), **{gb(2 * x['total_bytes'])} GB with the DVC cache's copy** (cache.type copy, DVC's "
+            f"default without reflinks; a reflink or hardlink cache keeps one copy). While a stage runs, its scratch "
+            f"(checkpoints with optimizer state, the variants before they are moved) needs up to "
+            f"{gb(x['scratch_bytes'])} GB more (the largest peak measured here), per stage running at once."
+            + (f" {unknown} runs could not be projected (their size not rehearsed, or a compress run without its "
+               "phases): not in these sums." if unknown else "")]
+    return out
 
 
 def merge_entries(old: list, new: list) -> list:
@@ -330,6 +538,8 @@ def parse(argv):
     p.add_argument("--mt", nargs="*", default=list(grid["train_mt"]["sizes"]), help="translation sizes")
     p.add_argument("--mt-compress", nargs="*", metavar="SIZE",
                    help="the --mt sizes also compressed and evaluated (default: all)")
+    p.add_argument("--no-evaluate", action="store_true",
+                   help="stop each model after compress (e.g. to measure compress's full grid alone)")
     p.add_argument("--updates", type=int, default=2, help="updates a training run (default 2)")
     p.add_argument("--examples", type=int, default=64, help="GLUE dev examples evaluated (paper cap: 2000)")
     p.add_argument("--sentences", type=int, default=8, help="test sentences translated (paper cap: 500)")

@@ -154,6 +154,8 @@ def model_rehearsal(tmp_path):
     # 2 sparsities x fp32 and 4 bits: each variant's bytes and time
     compressed = runs["compress", "T1-sst2"]
     assert len(compressed["variants"]) == 4 and set(compressed["load_seconds"]) == {"s0.90-fp32", "s0.90-q4"}
+    assert set(compressed["steps"]) == {"first sparsity", "other sparsities", "bytes_zip"}  # its phases
+    assert compressed["steps"]["first sparsity"] > 0 and sum(compressed["steps"].values()) <= compressed["wall_s"] + 0.2
     assert set(runs["evaluate", "mt-T1"]["variant_seconds"]) == {v["variant"] for v in runs["compress", "mt-T1"]["variants"]}
     # evaluate logs each variant's timing apart from its scoring: only the deployment format is timed here
     evaluated = runs["evaluate", "T1-sst2"]
@@ -170,3 +172,72 @@ def model_rehearsal(tmp_path):
     assert sum(n.endswith("peak RSS (MB)") for n in names) == 7
     text = out.with_suffix(".md").read_text()
     assert "# Rehearsal of the paper profile's model stages" in text and "| T1-sst2 | 8 | 2000 |" in text
+    assert "## The paper profile as configured, projected" in text and "**Disk, the paper profile in all:" in text
+
+
+def compress_entry(model: str, size: str, grid: list, wall: float, steps=None, scale: float = 1.0) -> dict:
+    """A compress entry of the model rehearsal: fairseq variants at `grid` (sparsity, bits), their bytes falling
+    with the sparsity and the bits, and the three ONNX models."""
+    variants = [{"variant": f"s{s:.2f}-{b}", "format": "fairseq fp32" if b == 32 else "simulated k-bit",
+                 "sparsity": s, "bits": b, "disk_bytes": scale * (1 - s) * b * 1000, "bytes_zip": 1} for s, b in grid]
+    variants += [{"variant": f"onnx-s0.00-{f}", "format": f"ONNX {f}", "sparsity": 0.0, "bits": b,
+                  "disk_bytes": scale * b * 1000, "bytes_zip": 1} for f, b in (("fp32", 32), ("int8", 8), ("int4", 4))]
+    return {"stage": "compress", "model": model, "size": size, "kind": "mlm", "wall_s": wall, "steps": steps,
+            "variants": variants, "output_bytes": sum(v["disk_bytes"] for v in variants), "peak_rss_mb": 1}
+
+
+def test_compress_of_the_full_grid_is_projected_from_a_run_of_part_of_it():
+    """bench.rehearsal_models.full_grid_compress: bytes in the proportion a full-grid run shows at the same grid
+    points, seconds from the run's phases (the first sparsity as run, each further fairseq variant at the rate of
+    the later sparsities' variants, the bytes_zip wait in proportion to the variants)."""
+    from bench.rehearsal_models import full_grid_compress
+    p = {"compress": {"sparsities": [0.0, 0.5, 0.9], "bits": [4, 8], "onnx_sparsities": [0.0]}}
+    full = compress_entry("A-mnli", "A", [(s, b) for s in (0.0, 0.5, 0.9) for b in (32, 4, 8)], 100.0)
+    part = compress_entry("B-mnli", "B", [(s, b) for s in (0.0, 0.9) for b in (32, 4)], 21.0,
+                          steps={"first sparsity": 10.0, "other sparsities": 4.0, "bytes_zip": 7.0}, scale=2.0)
+    assert full_grid_compress(full, [full, part], p) == {"seconds": 100.0, "bytes": full["output_bytes"],
+                                                          "how": "measured"}
+    projected = full_grid_compress(part, [full, part], p)
+    # 2 fairseq variants at the first sparsity, 2 more in 4 s: 2 s each for the 7 others; 7 s of zips for 7 variants
+    assert projected["seconds"] == 10.0 + 2.0 * (9 - 2) + 7.0 * (9 + 3) / 7
+    fairseq = lambda e: sum(v["disk_bytes"] for v in e["variants"] if "ONNX" not in v["format"])  # noqa: E731
+    corner = sum(v["disk_bytes"] for v in full["variants"] if "ONNX" not in v["format"]
+                 and (v["sparsity"], v["bits"]) in {(0.0, 32), (0.0, 4), (0.9, 32), (0.9, 4)})
+    onnx = part["output_bytes"] - fairseq(part)
+    assert projected["bytes"] == pytest.approx(onnx + fairseq(part) * fairseq(full) / corner)
+    assert projected["bytes"] == pytest.approx(2 * full["output_bytes"])  # B is A at twice the bytes
+    # without a full-grid run (or the phases) nothing is made up
+    assert full_grid_compress(part, [part], p)["bytes"] is None
+    assert full_grid_compress({**part, "steps": None}, [full, part], p)["seconds"] is None
+
+
+def test_the_paper_profile_is_projected_run_by_run():
+    """Every run of the paper profile: training at its budget; compress and evaluate as rehearsed, or scaled
+    from the nearest rehearsed model of their kind by model bytes; random-init controls dense only; a size never
+    trained here is not made up."""
+    from bench.rehearsal_models import grid_counts, profile_projection, profile_runs, run_projection
+    from bench.report import paper_params
+    p = paper_params()
+    runs = profile_runs(p)
+    tasks, sizes = p["data"]["glue_tasks"], p["pretrain"]["sizes"]
+    glue_models = len(sizes) * len(tasks) + len(p["finetune"]["random_init_sizes"]) * len(tasks)
+    assert len(runs) == len(sizes) + 3 * glue_models + 3 * len(p["train_mt"]["sizes"])
+    fairseq_grid, onnx_grid = grid_counts(p)
+    full = [(s, b) for s in p["compress"]["sparsities"] for b in [32, *p["compress"]["bits"]]]
+    entries = [{"stage": "pretrain", "model": s, "size": s, "kind": "mlm", "output_bytes": b, "peak_rss_mb": 1}
+               for s, b in (("L6-H768", 1000), ("L12-H768", 2000), ("L24-H768", 4000))]
+    entries.append({**compress_entry("L12-H768-mnli", "L12-H768", full, 600.0), "output_bytes": 9000})
+    project = lambda model, stage: run_projection(  # noqa: E731
+        next(r for r in runs if r["model"] == model and r["stage"] == stage), entries, p)
+    assert project("L24-H768", "pretrain") == {"gpu_node_s": 86400, "here_s": 86400, "bytes": 4000,
+                                               "how": "its budget"}
+    assert project("L12-H768-mnli", "compress")["here_s"] == 600.0
+    scaled = project("L24-H768-sst2", "compress")  # another task, twice the bytes
+    assert (scaled["here_s"], scaled["bytes"]) == (1200.0, 18000) and "L12-H768-mnli" in scaled["how"]
+    control = project("L6-H768-mnli-random", "compress")
+    assert control["here_s"] == pytest.approx(300.0 / (fairseq_grid + onnx_grid))
+    assert project("L6-H256", "pretrain")["bytes"] is None  # never trained here
+    x = profile_projection(entries, p, data_bytes=5e9)
+    assert x["stages"]["compress"]["rehearsed"] == 1 and x["stages"]["pretrain"]["rehearsed"] == 3
+    assert x["stages"]["evaluate"]["unknown"] == glue_models + len(p["train_mt"]["sizes"])  # none rehearsed
+    assert x["total_bytes"] == x["outputs_bytes"] + 5e9
