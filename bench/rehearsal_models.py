@@ -388,17 +388,16 @@ def profile_projection(entries: list, p: dict, data_bytes: float | None) -> dict
     """The paper profile's runs, projected (run_projection), summed per stage, and its total disk: every output
     (models, variants, evaluation reports) plus the data (the data rehearsal's full-size outputs), in the workspace
     and again in the DVC cache."""
-    rows = []
-    for run in profile_runs(p):
-        rows.append({**run, **run_projection(run, entries, p)})
+    rows = [{**run, **run_projection(run, entries, p)} for run in profile_runs(p)]
+    rehearsed = {(e["stage"], e["model"]): e for e in entries}
     stages = {}
     for r in rows:
         s = stages.setdefault(r["stage"], {"runs": 0, "rehearsed": 0, "gpu_node_h": 0.0, "here_h": 0.0, "bytes": 0.0,
                                              "peak_rss_mb": 0, "unknown": 0})
         s["runs"] += 1
-        rehearsed = [e for e in entries if e["stage"] == r["stage"] and e["model"] == r["model"]]
-        s["rehearsed"] += bool(rehearsed)
-        s["peak_rss_mb"] = max([s["peak_rss_mb"]] + [e["peak_rss_mb"] or 0 for e in rehearsed])
+        if (e := rehearsed.get((r["stage"], r["model"]))) is not None:
+            s["rehearsed"] += 1
+            s["peak_rss_mb"] = max(s["peak_rss_mb"], e["peak_rss_mb"] or 0)
         if None in (r["gpu_node_s"], r["here_s"], r["bytes"]):
             s["unknown"] += 1
             continue
@@ -418,7 +417,7 @@ def targets(entries: list) -> list:
                      **check(e["peak_rss_mb"], "<=", PEAK_RSS_TARGET_MB,
                              f"batch {BATCH[e['stage']]}" if e["stage"] in BATCH else "")})
         if e["stage"] == "compress":
-            pruned = [v for v in e["variants"] if v["sparsity"] > 0 and not is_onnx(v["format"])]
+            pruned = [v for v in fairseq_variants(e) if v["sparsity"] > 0]
             worst = max(pruned, key=lambda v: v["ratio"], default=None)
             if worst:
                 rows.append({"name": f"compress {e['model']}: worst pruned variant's disk / bytes_zip "
@@ -465,7 +464,7 @@ def markdown(report: dict) -> str:
                     round(x["timing_s"] / 60, 1), round(x["onnx_scoring_gpu_node_s"] / 60, 1), x["fairseq_variants"],
                     x["fairseq_each_on_gpu_s"], ", ".join(f"{k} {v}" for k, v in e.get("load_seconds", {}).items()),
                     x["variants_measured"]] for e, x in evaluations])]
-    compressions = [(e, sorted(v["ratio"] for v in e["variants"] if v["sparsity"] > 0 and not is_onnx(v["format"])))
+    compressions = [(e, sorted(v["ratio"] for v in fairseq_variants(e) if v["sparsity"] > 0))
                     for e in entries if e["stage"] == "compress"]
     out += ["\n## Variant bytes on disk against bytes_zip (pruned fairseq variants)\n",
             table(["model", "variants (all)", "disk GB (all variants)", "pruned fairseq variants", "worst ratio",
