@@ -5,6 +5,7 @@ A calibration run is a training stage's run (pretrain, train_mt) of one size und
 budget: the linear schedule ends with that shorter budget, so its last curve point is a proper end point.
 Files: reports/calibration/<stage>-<size>-<fraction>.csv (the curve) and .json (what ran where)."""
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -72,9 +73,25 @@ def end_point(curve: Path) -> dict:
     return rows.sort_values("updates").iloc[-1].to_dict()
 
 
+def check_runs(stage: str, name: str, fractions: list) -> list:
+    """(curve, "check", fraction) of every run of `name` in reports/calibration at a fraction not in `fractions`:
+    runs made by hand (python -m stages.calibrate TASK SIZE FRACTION), which the plan compares with its
+    prediction out of sample (a full budget at 1, a crossover past the calibrated budgets above it)."""
+    prefix, found = f"{stage}-{name}-", []
+    for path in sorted(CALIBRATION.glob(f"{prefix}*.csv")):
+        try:
+            fraction = float(path.stem[len(prefix):])
+        except ValueError:  # another size whose name starts with this one's
+            continue
+        if not any(math.isclose(fraction, f) for f in fractions):
+            found.append((path, "check", fraction))
+    return found
+
+
 def end_points(params, task: str) -> pd.DataFrame:
-    """One row per run of `task`'s candidate sizes: the calibration runs of every plan.fractions (all required) and the
-    full-budget runs whose curves exist (source "full"), with N, tokens, the budget unit's amount and loss."""
+    """One row per run of `task`'s candidate sizes: the calibration runs of every plan.fractions (all required), the
+    full-budget runs whose curves exist (source "full") and the check runs (source "check", check_runs), with N,
+    tokens, the budget unit's amount and loss."""
     stage, grid, _ = TASKS[task]
     section = getattr(params, stage)
     unit, _ = budget_unit(section.recipe.budget)
@@ -84,6 +101,7 @@ def end_points(params, task: str) -> pd.DataFrame:
         runs = [(calibration_files(stage, name, f)[0], "calibration", f) for f in params.plan.fractions]
         full = CURVES / f"{stage}-{name}.csv"
         runs += [(full, "full", 1.0)] if full.exists() else []
+        runs += check_runs(stage, name, params.plan.fractions)
         for path, source, fraction in runs:
             if not path.exists():
                 raise StageError(f"{path}: missing (run `dvc repro plan/dvc.yaml`, or `make plan`)")
@@ -122,5 +140,18 @@ def claim_a_note(path: Path = PLAN_JSON) -> str:
                if sides <= {"above", "throughout"} and "above" in sides else
                f"claim (a) would hold at every budget in {lo:.3g}-{hi:.3g} {unit}" if sides == {"throughout"} else
                f"claim (a) would not hold at any budget in {lo:.3g}-{hi:.3g} {unit}")
+    caveat = "; ".join(wrong_side(p, mlm["ranking"]["tolerance"]) for p in mlm.get("check_pairs", [])
+                       if p["budget"]["agrees"] is False)
     return (f". The size plan (reports/plan.md, a scaling law fitted to calibration runs) predicts: {summary} "
-            "(each larger size of a sweep ahead of the next smaller: " + "; ".join(parts) + ")")
+            "(each larger size of a sweep ahead of the next smaller: " + "; ".join(parts) + ")" +
+            (f"; but check runs disagree: {caveat}" if caveat else ""))
+
+
+def wrong_side(pair: dict, tolerance: float) -> str:
+    """A check pair whose measured side the plan did not predict (at their budget), in words."""
+    other = next(s for s in pair["sizes"] if s != pair["measured_lower"])
+    predicted = pair["budget"]
+    said = (f"a tie ({predicted['predicted_gap']:.2f} bits)" if predicted["predicted_gap"] <= tolerance else
+            f"{predicted['predicted_lower']} lower by {predicted['predicted_gap']:.2f}")
+    return (f"at x{pair['fraction']:g} of the budget {pair['measured_lower']} measured {pair['measured_gap']:.2f} "
+            f"bits below {other}, where the plan predicted {said}")

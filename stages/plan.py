@@ -26,6 +26,7 @@ from lib.verdicts import sweeps
 
 PLAN_MD, PLAN_PNG = Path("reports/plan.md"), Path("reports/plan.png")
 TARGET_ERROR = {"mlm": 0.05, "mt": 0.1}  # bits: issue 35's targets for the predicted full-budget loss
+MARKERS = {"calibration": ("o", 18), "full": ("*", 40), "check": ("D", 22)}  # end points in the figure
 
 
 def main(argv):
@@ -45,8 +46,9 @@ def plan_task(params, task: str) -> dict:
     fixed = {"alpha": cfg.fix_alpha, "beta": cfg.fix_beta}
     points = end_points(params, task)
     calibration = points[points.source == "calibration"]
-    fitted = points if cfg.fit_full_runs else calibration
+    fitted = points[points.source.isin(("calibration", "full") if cfg.fit_full_runs else ("calibration",))]
     sums = calibration.groupby("size")[["tokens", "budget"]].sum()
+    longest = calibration.groupby("size").tokens.max()  # how far a prediction reaches: tokens / longest run's
     models = getattr(params.models, grid)
     sizes = pd.DataFrame([{"size": s, "layers": models[s].layers, "hidden": models[s].hidden,
                            "parameters": int(points[points["size"] == s].parameters.iloc[0]),
@@ -65,15 +67,14 @@ def plan_task(params, task: str) -> dict:
     for i, s in enumerate(sizes.itertuples()):
         full = points[(points["size"] == s.size) & (points.source == "full")]
         row = {"size": s.size, "parameters": s.parameters, "rate": s.rate, "tokens": s.rate * target,
+               "reach": s.rate * target / longest[s.size],
                "loss": at(s, target), "interval": interval(boot_losses[:, i]), "best_share": float(best_share[i])}
         if len(full):  # the full run's own end: at its budget by the calibration's rate, and at its own tokens
-            f = full.iloc[0]
-            own = float(law.loss(s.parameters, f.tokens))
-            row["full"] = {"budget": float(f.budget), "tokens": float(f.tokens), "measured": float(f.loss),
-                           "predicted": at(s, f.budget), "error": at(s, f.budget) - float(f.loss),
-                           "predicted_at_tokens": own, "error_at_tokens": own - float(f.loss),
-                           "rate_ratio": float(f.tokens / f.budget) / s.rate}
+            row["full"] = compared(law, s, full.iloc[0], longest[s.size])
         predictions.append(row)
+    checks = [{"size": c.size, "fraction": c.fraction, **compared(law, sizes.set_index("size").loc[c.size], c,
+                                                                 longest[c.size])}
+              for c in points[points.source == "check"].itertuples()]
     lo, hi = cfg.crossover_range
     crossovers = []
     for sweep, names in sweeps(sizes).items():
@@ -93,7 +94,41 @@ def plan_task(params, task: str) -> dict:
             "law": law.as_dict(), "law_interval": {k: interval([getattr(b, k) for b in laws]) for k in NAMES},
             "predictions": predictions, "best": sizes["size"][int(np.argmin([p["loss"] for p in predictions]))],
             "crossovers": crossovers, "ranking": ranking(predictions, params.report.loss_tolerance),
+            "checks": checks, "check_pairs": check_pairs(checks, params.report.loss_tolerance),
             "curves": curves(law, laws, sizes, points, [target, *(x["budget"] or 0 for x in crossovers)], lo, hi)}
+
+
+def compared(law, size, run, longest: float) -> dict:
+    """A measured end point (a full-budget or check run) against the law: predicted at its own tokens, and at
+    its budget by the calibration's rate; reach: its tokens over the size's longest calibration run's."""
+    own, by_rate = float(law.loss(size.parameters, run.tokens)), float(law.at_budget(size.parameters, size.rate,
+                                                                                      run.budget))
+    return {"budget": float(run.budget), "tokens": float(run.tokens), "measured": float(run.loss),
+            "predicted": by_rate, "error": by_rate - float(run.loss), "predicted_at_tokens": own,
+            "error_at_tokens": own - float(run.loss), "rate_ratio": float(run.tokens / run.budget) / size.rate,
+            "reach": float(run.tokens) / longest}
+
+
+def check_pairs(checks: list, tolerance: float) -> list:
+    """For two sizes checked at the same fraction: which one measured lower, and which the law predicts lower,
+    at their own tokens and at their budget by the calibration's rates (the basis of the crossovers). A verdict
+    only where the measured losses differ by more than `tolerance`; a prediction within it is a tie, no side."""
+    pairs = []
+    for i, a in enumerate(checks):
+        for b in checks[i + 1:]:
+            if a["fraction"] != b["fraction"]:
+                continue
+            measured = b["measured"] - a["measured"]
+            pair = {"fraction": a["fraction"], "sizes": [a["size"], b["size"]],
+                    "measured_lower": a["size"] if measured > 0 else b["size"], "measured_gap": abs(measured)}
+            for basis, key in (("tokens", "predicted_at_tokens"), ("budget", "predicted")):
+                predicted = b[key] - a[key]
+                pair[basis] = {"predicted_lower": a["size"] if predicted > 0 else b["size"],
+                               "predicted_gap": abs(predicted),
+                               "agrees": None if abs(measured) <= tolerance else
+                               abs(predicted) > tolerance and (measured > 0) == (predicted > 0)}
+            pairs.append(pair)
+    return pairs
 
 
 def ranking(predictions: list, tolerance: float) -> dict:
@@ -134,10 +169,11 @@ def draw(plans: dict) -> None:
             ax.fill_between(c["budget"], c["low"], c["high"], color=color, alpha=0.12)
             for p in plan["points"]:
                 if p["size"] == name:
-                    ax.scatter(p["budget"], p["loss"], color=color, zorder=3, s=40 if p["source"] == "full" else 18,
-                               marker="*" if p["source"] == "full" else "o", edgecolor="black", linewidth=0.4)
-        ax.scatter([], [], marker="o", color="grey", label="calibration run (measured)")
-        ax.scatter([], [], marker="*", color="grey", label="full-budget run (measured)")
+                    marker, size = MARKERS[p["source"]]
+                    ax.scatter(p["budget"], p["loss"], color=color, zorder=3, s=size, marker=marker,
+                               edgecolor="black", linewidth=0.4)
+        for source in sorted({p["source"] for p in plan["points"]}, key=list(MARKERS).index):
+            ax.scatter([], [], marker=MARKERS[source][0], color="grey", label=f"{source} run (measured)")
         ax.axvline(plan["target"], color="grey", linestyle="--", linewidth=1, label="target budget")
         for x in plan["crossovers"]:
             if x["budget"] is not None:
@@ -197,6 +233,7 @@ def task_section(task: str, plan: dict) -> str:
         rows.append({"size": p["size"], "non-embedding params": p["parameters"],
                      f"tokens/{unit[:-1]}": round(p["rate"]),
                      f"predicted loss at {plan['target']:g} {unit}": p["loss"], "95% interval": span(p["interval"], 4),
+                     "reach": f"{p['reach']:.2g}x",
                      "best in resamples": f"{p['best_share']:.0%}", "full run: measured": full.get("measured", ""),
                      "predicted at its tokens": full.get("predicted_at_tokens", ""),
                      "error at its tokens (bits)": full.get("error_at_tokens", ""),
@@ -217,12 +254,39 @@ def task_section(task: str, plan: dict) -> str:
     return (f"## {plan['title']} ({plan['stage']})\n\n{law_line}{caution}\n\n" + table(params) +
             f"\n\n**Predicted best size at {plan['target']:g} {unit}: {plan['best']}.** Tokens per "
             f"{unit[:-1]} are measured in the calibration runs.\n\n" + table(pd.DataFrame(rows)) + "\n\n" +
-            full_run_errors(task, plan, in_sample) + "\n\nCrossovers: the budget past which the larger of two "
+            full_run_errors(task, plan, in_sample) + check_section(plan) + "\n\nCrossovers: the budget past which the larger of two "
             "adjacent sizes of a sweep is predicted to reach the lower final loss.\n\n" +
             (table(crossings) if len(crossings) else "none") +
             f"\n\nCalibration cost: {calibration:.4g} {unit} of training, "
             f"{calibration / (len(plan['predictions']) * plan['budget']):.0%} of training every size for its full "
             f"budget of {plan['budget']:g} {unit}.")
+
+
+def check_section(plan: dict) -> str:
+    """The check runs (by hand, at fractions not calibrated) against the prediction: out of sample."""
+    if not plan["checks"]:
+        return ""
+    unit = plan["unit"]
+    rows = pd.DataFrame([{"size": c["size"], "fraction of the budget": f"{c['fraction']:g}",
+                          unit: round(c["budget"], 1), "tokens": int(c["tokens"]), "reach": f"{c['reach']:.2g}x",
+                          "measured (bits)": c["measured"], "predicted at its tokens": c["predicted_at_tokens"],
+                          "error at its tokens (bits)": c["error_at_tokens"],
+                          f"error at its {unit} (bits)": c["error"]} for c in plan["checks"]])
+    def side(p, basis, unit):
+        q = p[basis]
+        verdict = ("no verdict (a measured tie)" if q["agrees"] is None else "agrees" if q["agrees"] else
+                   "**disagrees**" + (" (predicted a tie)" if q["predicted_gap"] <= tolerance else ""))
+        return f"{q['predicted_lower']} lower by {q['predicted_gap']:.3f} at their {unit}: {verdict}"
+
+    tolerance = plan["ranking"]["tolerance"]
+    lines = [f"at x{p['fraction']:g}, {' and '.join(p['sizes'])}: measured {p['measured_lower']} lower by "
+             f"{p['measured_gap']:.3f} bits; predicted {side(p, 'tokens', 'own tokens')}; "
+             f"{side(p, 'budget', unit + ' by the calibration rates')}" for p in plan["check_pairs"]]
+    return ("\n\nCheck runs, out of sample: runs made by hand at a fraction of the budget that is not calibrated "
+            "(`python -m stages.calibrate TASK SIZE FRACTION`; reports/calibration/), compared with the prediction "
+            f"at their own tokens (reach: their tokens over the size's longest calibration run's).\n\n" + table(rows) +
+            ("\n\nSides of the sizes checked at the same fraction (a tie: within the report's "
+             f"{tolerance} bits):\n\n" + "\n".join(f"- {line}" for line in lines) if lines else ""))
 
 
 def crossover_cell(x: dict, plan: dict) -> str:
@@ -239,8 +303,9 @@ def full_run_errors(task: str, plan: dict, in_sample: bool) -> str:
     met = all(abs(p["full"]["error_at_tokens"]) <= TARGET_ERROR[task] for p in errors)
     ranking = plan["ranking"]
     rates = [p["full"]["rate_ratio"] for p in errors]
-    return ("Prediction error at the full-budget runs' own tokens (predicted - measured): " +
-            ", ".join(f"{p['size']} {p['full']['error_at_tokens']:+.3f}" for p in errors) +
+    return ("Prediction error at the full-budget runs' own tokens (predicted - measured; in brackets the reach, "
+            "their tokens over the size's longest calibration run's): " +
+            ", ".join(f"{p['size']} {p['full']['error_at_tokens']:+.3f} ({p['full']['reach']:.2g}x)" for p in errors) +
             f" bits; issue 35's target is within {TARGET_ERROR[task]} bits: {'met' if met else 'not met'}" +
             (" (in-sample: plan.fit_full_runs fits them too)" if in_sample else "") +
             ". At their budgets in " + plan["unit"] + ", by the calibration's tokens per " + plan["unit"][:-1] +
