@@ -12,12 +12,15 @@ import matplotlib.ticker as ticker  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 FIGURES = Path("reports/figures")
+plt.rcParams["svg.hashsalt"] = "reports"  # SVG element ids from a fixed salt: a figure redrawn unchanged is the
+                                          # same file, so git and DVC see only real changes
 
 
 def save(fig, name: str) -> str:
     fig.tight_layout()
     for suffix in ("png", "svg"):  # bbox "tight": keep the legend placed right of the panels
-        fig.savefig(FIGURES / f"{name}.{suffix}", dpi=130, bbox_inches="tight")
+        fig.savefig(FIGURES / f"{name}.{suffix}", dpi=130, bbox_inches="tight",
+                    metadata={"Date": None} if suffix == "svg" else None)  # no timestamp in the file
     plt.close(fig)
     return f"![{name}](figures/{name}.png)"
 

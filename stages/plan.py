@@ -20,6 +20,7 @@ from lib.calibration import PLAN_JSON, TASKS, budget_unit, candidates, end_point
 from lib.errors import log
 from lib.figures import colors_of, figure_legend, log_axis, plt, sns, table
 from lib.params import load_params
+from lib.plan_checks import check_pairs, compared, ranking
 from lib.scaling import NAMES, bootstrap_laws, crossover, fit_law, free_parameters, interval
 from lib.stage import run_stage
 from lib.verdicts import sweeps
@@ -96,51 +97,6 @@ def plan_task(params, task: str) -> dict:
             "crossovers": crossovers, "ranking": ranking(predictions, params.report.loss_tolerance),
             "checks": checks, "check_pairs": check_pairs(checks, params.report.loss_tolerance),
             "curves": curves(law, laws, sizes, points, [target, *(x["budget"] or 0 for x in crossovers)], lo, hi)}
-
-
-def compared(law, size, run, longest: float) -> dict:
-    """A measured end point (a full-budget or check run) against the law: predicted at its own tokens, and at
-    its budget by the calibration's rate; reach: its tokens over the size's longest calibration run's."""
-    own, by_rate = float(law.loss(size.parameters, run.tokens)), float(law.at_budget(size.parameters, size.rate,
-                                                                                      run.budget))
-    return {"budget": float(run.budget), "tokens": float(run.tokens), "measured": float(run.loss),
-            "predicted": by_rate, "error": by_rate - float(run.loss), "predicted_at_tokens": own,
-            "error_at_tokens": own - float(run.loss), "rate_ratio": float(run.tokens / run.budget) / size.rate,
-            "reach": float(run.tokens) / longest}
-
-
-def check_pairs(checks: list, tolerance: float) -> list:
-    """For two sizes checked at the same fraction: which one measured lower, and which the law predicts lower,
-    at their own tokens and at their budget by the calibration's rates (the basis of the crossovers). A verdict
-    only where the measured losses differ by more than `tolerance`; a prediction within it is a tie, no side."""
-    pairs = []
-    for i, a in enumerate(checks):
-        for b in checks[i + 1:]:
-            if a["fraction"] != b["fraction"]:
-                continue
-            measured = b["measured"] - a["measured"]
-            pair = {"fraction": a["fraction"], "sizes": [a["size"], b["size"]],
-                    "measured_lower": a["size"] if measured > 0 else b["size"], "measured_gap": abs(measured)}
-            for basis, key in (("tokens", "predicted_at_tokens"), ("budget", "predicted")):
-                predicted = b[key] - a[key]
-                pair[basis] = {"predicted_lower": a["size"] if predicted > 0 else b["size"],
-                               "predicted_gap": abs(predicted),
-                               "agrees": None if abs(measured) <= tolerance else
-                               abs(predicted) > tolerance and (measured > 0) == (predicted > 0)}
-            pairs.append(pair)
-    return pairs
-
-
-def ranking(predictions: list, tolerance: float) -> dict:
-    """Whether the predicted order of the full-budget runs is the measured one, wherever the measured
-    losses differ by more than `tolerance`."""
-    full = [p for p in predictions if "full" in p]
-    pairs = [(a, b) for i, a in enumerate(full) for b in full[i + 1:]
-             if abs(a["full"]["measured"] - b["full"]["measured"]) > tolerance]
-    wrong = [f"{a['size']} / {b['size']}" for a, b in pairs
-             if (a["full"]["measured"] < b["full"]["measured"]) !=
-             (a["full"]["predicted_at_tokens"] < b["full"]["predicted_at_tokens"])]
-    return {"pairs": len(pairs), "wrong": wrong, "tolerance": tolerance}
 
 
 def curves(law, laws, sizes, points, marks: list, lo, hi) -> dict:
@@ -272,13 +228,14 @@ def check_section(plan: dict) -> str:
                           "measured (bits)": c["measured"], "predicted at its tokens": c["predicted_at_tokens"],
                           "error at its tokens (bits)": c["error_at_tokens"],
                           f"error at its {unit} (bits)": c["error"]} for c in plan["checks"]])
-    def side(p, basis, unit):
-        q = p[basis]
+    tolerance = plan["ranking"]["tolerance"]
+
+    def side(pair, basis, where):
+        q = pair[basis]
         verdict = ("no verdict (a measured tie)" if q["agrees"] is None else "agrees" if q["agrees"] else
                    "**disagrees**" + (" (predicted a tie)" if q["predicted_gap"] <= tolerance else ""))
-        return f"{q['predicted_lower']} lower by {q['predicted_gap']:.3f} at their {unit}: {verdict}"
+        return f"{q['predicted_lower']} lower by {q['predicted_gap']:.3f} at their {where}: {verdict}"
 
-    tolerance = plan["ranking"]["tolerance"]
     lines = [f"at x{p['fraction']:g}, {' and '.join(p['sizes'])}: measured {p['measured_lower']} lower by "
              f"{p['measured_gap']:.3f} bits; predicted {side(p, 'tokens', 'own tokens')}; "
              f"{side(p, 'budget', unit + ' by the calibration rates')}" for p in plan["check_pairs"]]

@@ -198,7 +198,7 @@ def test_check_runs_are_compared_out_of_sample_and_their_sides_judged(calibrated
     ((7.0, 7.02), (7.0, 8.0), None),    # the measured losses a tie: no verdict
 ])
 def test_a_check_pair_agrees_only_with_a_predicted_side(measured, predicted, verdict):
-    from stages.plan import check_pairs
+    from lib.plan_checks import check_pairs
     checks = [{"size": s, "fraction": 3.0, "measured": m, "predicted_at_tokens": p, "predicted": p}
               for s, m, p in zip(("S", "L"), measured, predicted)]
     [pair] = check_pairs(checks, tolerance=0.05)

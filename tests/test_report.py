@@ -283,3 +283,16 @@ def test_variants_without_an_init_column_are_pretrained(tmp_path):
     pd.DataFrame({"task": ["sst2"]}).to_csv(tmp_path / "without.csv", index=False)
     assert list(report.read_variants(tmp_path / "with.csv").init) == ["random", "pretrained"]
     assert list(report.read_variants(tmp_path / "without.csv").init) == ["pretrained"]
+
+
+def test_a_figure_redrawn_unchanged_is_the_same_file(tmp_path, monkeypatch):
+    """No timestamp and no random element ids in the SVG: git and DVC see a redrawn report as unchanged."""
+    from lib import figures
+    monkeypatch.setattr(figures, "FIGURES", tmp_path)
+    drawn = []
+    for _ in range(2):
+        fig, ax = figures.plt.subplots()
+        ax.plot([1, 2, 3], [3, 1, 2])
+        figures.save(fig, "f")
+        drawn.append({s: (tmp_path / f"f.{s}").read_bytes() for s in ("png", "svg")})
+    assert drawn[0] == drawn[1] and b"<dc:date>" not in drawn[0]["svg"]
