@@ -5,7 +5,6 @@ A calibration run is a training stage's run (pretrain, train_mt) of one size und
 budget: the linear schedule ends with that shorter budget, so its last curve point is a proper end point.
 Files: reports/calibration/<stage>-<size>-<fraction>.csv (the curve) and .json (what ran where)."""
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -77,14 +76,12 @@ def check_runs(stage: str, name: str, fractions: list) -> list:
     """(curve, "check", fraction) of every run of `name` in reports/calibration at a fraction not in `fractions`:
     runs made by hand (python -m stages.calibrate TASK SIZE FRACTION), which the plan compares with its
     prediction out of sample (a full budget at 1, a crossover past the calibrated budgets above it)."""
-    prefix, found = f"{stage}-{name}-", []
-    for path in sorted(CALIBRATION.glob(f"{prefix}*.csv")):
+    prefix, calibrated, found = f"{stage}-{name}-", {calibration_files(stage, name, f)[0] for f in fractions}, []
+    for path in sorted(set(CALIBRATION.glob(f"{prefix}*.csv")) - calibrated):
         try:
-            fraction = float(path.stem[len(prefix):])
+            found.append((path, "check", float(path.stem[len(prefix):])))
         except ValueError:  # another size whose name starts with this one's
             continue
-        if not any(math.isclose(fraction, f) for f in fractions):
-            found.append((path, "check", fraction))
     return found
 
 
@@ -140,18 +137,17 @@ def claim_a_note(path: Path = PLAN_JSON) -> str:
                if sides <= {"above", "throughout"} and "above" in sides else
                f"claim (a) would hold at every budget in {lo:.3g}-{hi:.3g} {unit}" if sides == {"throughout"} else
                f"claim (a) would not hold at any budget in {lo:.3g}-{hi:.3g} {unit}")
-    caveat = "; ".join(wrong_side(p, mlm["ranking"]["tolerance"]) for p in mlm.get("check_pairs", [])
-                       if p["budget"]["agrees"] is False)
+    caveat = "; ".join(wrong_side(p) for p in mlm.get("check_pairs", []) if p["budget"]["agrees"] is False)
     return (f". The size plan (reports/plan.md, a scaling law fitted to calibration runs) predicts: {summary} "
             "(each larger size of a sweep ahead of the next smaller: " + "; ".join(parts) + ")" +
             (f"; but check runs disagree: {caveat}" if caveat else ""))
 
 
-def wrong_side(pair: dict, tolerance: float) -> str:
+def wrong_side(pair: dict) -> str:
     """A check pair whose measured side the plan did not predict (at their budget), in words."""
     other = next(s for s in pair["sizes"] if s != pair["measured_lower"])
     predicted = pair["budget"]
-    said = (f"a tie ({predicted['predicted_gap']:.2f} bits)" if predicted["predicted_gap"] <= tolerance else
+    said = (f"a tie ({predicted['predicted_gap']:.2f} bits)" if predicted["tie"] else
             f"{predicted['predicted_lower']} lower by {predicted['predicted_gap']:.2f}")
     return (f"at x{pair['fraction']:g} of the budget {pair['measured_lower']} measured {pair['measured_gap']:.2f} "
             f"bits below {other}, where the plan predicted {said}")

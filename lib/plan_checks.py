@@ -28,10 +28,11 @@ def check_pairs(checks: list, tolerance: float) -> list:
                     "measured_lower": a["size"] if measured > 0 else b["size"], "measured_gap": abs(measured)}
             for basis, key in (("tokens", "predicted_at_tokens"), ("budget", "predicted")):
                 predicted = b[key] - a[key]
+                tie = abs(predicted) <= tolerance
                 pair[basis] = {"predicted_lower": a["size"] if predicted > 0 else b["size"],
-                               "predicted_gap": abs(predicted),
+                               "predicted_gap": abs(predicted), "tie": tie,
                                "agrees": None if abs(measured) <= tolerance else
-                               abs(predicted) > tolerance and (measured > 0) == (predicted > 0)}
+                               not tie and (measured > 0) == (predicted > 0)}
             pairs.append(pair)
     return pairs
 

@@ -73,14 +73,14 @@ def plan_task(params, task: str) -> dict:
         if len(full):  # the full run's own end: at its budget by the calibration's rate, and at its own tokens
             row["full"] = compared(law, s, full.iloc[0], longest[s.size])
         predictions.append(row)
-    checks = [{"size": c.size, "fraction": c.fraction, **compared(law, sizes.set_index("size").loc[c.size], c,
-                                                                 longest[c.size])}
+    by_size = sizes.set_index("size")
+    checks = [{"size": c.size, "fraction": c.fraction, **compared(law, by_size.loc[c.size], c, longest[c.size])}
               for c in points[points.source == "check"].itertuples()]
     lo, hi = cfg.crossover_range
     crossovers = []
     for sweep, names in sweeps(sizes).items():
         for small, large in zip(names, names[1:]):
-            a, b = (sizes.set_index("size").loc[n] for n in (small, large))
+            a, b = (by_size.loc[n] for n in (small, large))
             pair = ((a.parameters, a.rate), (b.parameters, b.rate))
             found = crossover(law, *pair, lo, hi)
             boot = [crossover(w, *pair, lo, hi) for w in laws]
@@ -228,12 +228,10 @@ def check_section(plan: dict) -> str:
                           "measured (bits)": c["measured"], "predicted at its tokens": c["predicted_at_tokens"],
                           "error at its tokens (bits)": c["error_at_tokens"],
                           f"error at its {unit} (bits)": c["error"]} for c in plan["checks"]])
-    tolerance = plan["ranking"]["tolerance"]
-
     def side(pair, basis, where):
         q = pair[basis]
         verdict = ("no verdict (a measured tie)" if q["agrees"] is None else "agrees" if q["agrees"] else
-                   "**disagrees**" + (" (predicted a tie)" if q["predicted_gap"] <= tolerance else ""))
+                   "**disagrees**" + (" (predicted a tie)" if q["tie"] else ""))
         return f"{q['predicted_lower']} lower by {q['predicted_gap']:.3f} at their {where}: {verdict}"
 
     lines = [f"at x{p['fraction']:g}, {' and '.join(p['sizes'])}: measured {p['measured_lower']} lower by "
@@ -243,7 +241,7 @@ def check_section(plan: dict) -> str:
             "(`python -m stages.calibrate TASK SIZE FRACTION`; reports/calibration/), compared with the prediction "
             f"at their own tokens (reach: their tokens over the size's longest calibration run's).\n\n" + table(rows) +
             ("\n\nSides of the sizes checked at the same fraction (a tie: within the report's "
-             f"{tolerance} bits):\n\n" + "\n".join(f"- {line}" for line in lines) if lines else ""))
+             f"{plan['ranking']['tolerance']} bits):\n\n" + "\n".join(f"- {line}" for line in lines) if lines else ""))
 
 
 def crossover_cell(x: dict, plan: dict) -> str:
