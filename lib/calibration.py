@@ -1,5 +1,6 @@
 """Calibration runs of the size planner (issue 35): where they are written, the budget they train under,
-and their end points (with the full-budget runs' where those exist) as the fit in lib/scaling.py reads them.
+and their curves (with the full-budget and check runs' where those exist) as the fit in lib/scaling.py reads
+them, every point with the area and annealed share of its run's schedule (lib/lr_area.py).
 
 A calibration run is a training stage's run (pretrain, train_mt) of one size under a fraction of its recipe's
 budget: the linear schedule ends with that shorter budget, so its last curve point is a proper end point.
@@ -7,9 +8,11 @@ Files: reports/calibration/<stage>-<size>-<fraction>.csv (the curve) and .json (
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lib.errors import StageError
+from lib.lr_area import curve_areas, end_area
 from lib.model_size import model_non_embedding_params
 
 CALIBRATION = Path("reports/calibration")
@@ -64,12 +67,32 @@ def scaled_params(params, stage: str, fraction: float):
     return params.model_copy(update={stage: section.model_copy(update={"recipe": recipe})})
 
 
-def end_point(curve: Path) -> dict:
-    """The last row of a learning curve: where the run's schedule ended."""
+def read_curve(curve: Path) -> pd.DataFrame:
+    """A learning curve's points in update order."""
     rows = pd.read_csv(curve)
     if rows.empty:
         raise StageError(f"{curve}: no curve points")
-    return rows.sort_values("updates").iloc[-1].to_dict()
+    return rows.sort_values("updates", ignore_index=True)
+
+
+def with_areas(rows: pd.DataFrame, recipe, fraction: float) -> pd.DataFrame:
+    """A run's curve with each point's area (tokens weighted by the rate) and annealed share (lib/lr_area.py):
+    the run's schedule is its recipe's, with the warm-up that a run at `fraction` of the budget had."""
+    tokens_per_update = float(rows.tokens.iloc[-1] / rows.updates.iloc[-1])
+    area, annealed = curve_areas(recipe.lr_schedule, scaled_warmup(recipe.warmup_updates, fraction),
+                                 recipe.end_lr / recipe.lr, rows.updates, rows.lr / recipe.lr, tokens_per_update)
+    return rows.assign(area=area, annealed=annealed, tokens_per_update=tokens_per_update)
+
+
+def final_loss(law, size, budget, recipe):
+    """The law's loss at the end of a run of `size` (its parameters, rate in tokens per budget unit and tokens per
+    update) for `budget` (arrays welcome) under `recipe`'s schedule, with the warm-up a run of that budget has
+    (scaled down below the recipe's budget, as calibration runs are: scaled_warmup, unrounded)."""
+    budget = np.asarray(budget, dtype=float)
+    updates = size.rate * budget / size.tokens_per_update
+    warmup = recipe.warmup_updates * np.minimum(1.0, budget / budget_unit(recipe.budget)[1])
+    area, annealed = end_area(recipe.lr_schedule, updates, warmup, recipe.end_lr / recipe.lr)
+    return law.loss(size.parameters, area * size.tokens_per_update, annealed)
 
 
 def check_runs(stage: str, name: str, fractions: list) -> list:
@@ -85,14 +108,15 @@ def check_runs(stage: str, name: str, fractions: list) -> list:
     return found
 
 
-def end_points(params, task: str) -> pd.DataFrame:
-    """One row per run of `task`'s candidate sizes: the calibration runs of every plan.fractions (all required), the
-    full-budget runs whose curves exist (source "full") and the check runs (source "check", check_runs), with N,
-    tokens, the budget unit's amount and loss."""
+def curve_points(params, task: str) -> pd.DataFrame:
+    """One row per point of every run of `task`'s candidate sizes: the calibration runs of every plan.fractions
+    (all required), the full-budget runs whose curves exist (source "full") and the check runs (source
+    "check", check_runs); with the run's name, whether the point is its end, N, tokens, the budget unit's amount,
+    the area and annealed share (with_areas), and loss."""
     stage, grid, _ = TASKS[task]
-    section = getattr(params, stage)
-    unit, _ = budget_unit(section.recipe.budget)
-    rows = []
+    recipe = getattr(params, stage).recipe
+    unit, _ = budget_unit(recipe.budget)
+    frames = []
     for name in candidates(params, task):
         n = model_non_embedding_params(getattr(params.models, grid)[name], grid)
         runs = [(calibration_files(stage, name, f)[0], "calibration", f) for f in params.plan.fractions]
@@ -102,11 +126,14 @@ def end_points(params, task: str) -> pd.DataFrame:
         for path, source, fraction in runs:
             if not path.exists():
                 raise StageError(f"{path}: missing (run `dvc repro plan/dvc.yaml`, or `make plan`)")
-            last = end_point(path)
-            rows.append({"size": name, "source": source, "fraction": fraction, "parameters": n,
-                         "tokens": float(last["tokens"]), "budget": float(last[unit]),
-                         "loss": float(last["valid_loss"])})
-    return pd.DataFrame(rows)
+            rows = with_areas(read_curve(path), recipe, fraction)
+            frames.append(pd.DataFrame({
+                "size": name, "source": source, "fraction": fraction, "run": path.stem,
+                "end": rows.index == rows.index[-1], "parameters": n, "updates": rows.updates.astype(float),
+                "tokens": rows.tokens.astype(float), "budget": rows[unit].astype(float), "area": rows.area,
+                "annealed": rows.annealed, "tokens_per_update": rows.tokens_per_update,
+                "loss": rows.valid_loss.astype(float)}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def with_plan_note(verdict: tuple, path: Path = PLAN_JSON) -> tuple:

@@ -3,11 +3,12 @@ its own tokens and at its budget, the sides of two sizes checked at the same fra
 order of the full-budget runs is the measured one. Pure functions of the law and the plan's rows."""
 
 
-def compared(law, size, run, longest: float) -> dict:
-    """A measured end point (a full-budget or check run) against the law: predicted at its own tokens, and at
-    its budget by the calibration's rate; reach: its tokens over the size's longest calibration run's."""
-    own, by_rate = float(law.loss(size.parameters, run.tokens)), float(law.at_budget(size.parameters, size.rate,
-                                                                                      run.budget))
+def compared(law, size, run, longest: float, final) -> dict:
+    """A measured end point (a full-budget or check run) against the law: predicted at its own tokens (its own
+    schedule's area), and at its budget by the calibration's rate (final(law, size, budget): the end of a run of
+    that budget); reach: its tokens over the size's longest calibration run's."""
+    own = float(law.loss(size.parameters, run.area, run.annealed))
+    by_rate = float(final(law, size, run.budget))
     return {"budget": float(run.budget), "tokens": float(run.tokens), "measured": float(run.loss),
             "predicted": by_rate, "error": by_rate - float(run.loss), "predicted_at_tokens": own,
             "error_at_tokens": own - float(run.loss), "rate_ratio": float(run.tokens / run.budget) / size.rate,

@@ -1,12 +1,12 @@
 """plan: which size for a budget, predicted from the calibration runs (issue 35).
 
-Per task (masked LM, translation) fits L(N, D) = E + A / N^alpha + B / D^beta (lib/scaling.py) to the end
-points of the calibration runs (reports/calibration/, stages/calibrate.py; plus the full-budget runs' when
-plan.fit_full_runs), with a bootstrap over the end points; maps a budget to tokens with each size's measured
-rate (tokens per second, or per update, from its calibration runs); and predicts each size's final valid
-loss at the target budget, the best size, and for adjacent sizes of the depth and the width sweep the budget
-where the larger overtakes the smaller. Where full-budget curves exist (reports/curves/), compares them with
-the prediction. Writes reports/plan.md, reports/plan.json and reports/plan.png.
+Per task (masked LM, translation) fits L(N, S, a) = E + A / N^alpha + B / S^beta - C a (lib/scaling.py) to
+every point of the calibration runs' curves (reports/calibration/, stages/calibrate.py; plus the full-budget
+runs' when plan.fit_full_runs), S and a from each run's schedule (lib/lr_area.py), with a bootstrap over the
+runs; maps a budget to the end of a run with each size's measured rate (tokens per second, or per update,
+from its calibration runs); and predicts each size's final valid loss at the target budget, the best size,
+and for adjacent sizes of the depth and the width sweep the budget where the larger overtakes the smaller.
+Where full-budget curves exist (reports/curves/), compares them with the prediction. Writes reports/plan.md, reports/plan.json and reports/plan.png.
 
 Usage: python -m stages.plan
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib.calibration import PLAN_JSON, TASKS, budget_unit, candidates, end_points
+from lib.calibration import PLAN_JSON, TASKS, budget_unit, candidates, curve_points, final_loss
 from lib.errors import log
 from lib.figures import colors_of, figure_legend, log_axis, plt, sns, table
 from lib.params import load_params
@@ -45,69 +45,75 @@ def plan_task(params, task: str) -> dict:
     unit, budget = budget_unit(recipe.budget)
     target = cfg.target_budget or budget
     fixed = {"alpha": cfg.fix_alpha, "beta": cfg.fix_beta}
-    points = end_points(params, task)
+    curve = curve_points(params, task)
+    points = curve[curve.end]  # each run's end: what is predicted, compared and drawn
     calibration = points[points.source == "calibration"]
-    fitted = points[points.source.isin(("calibration", "full") if cfg.fit_full_runs else ("calibration",))]
-    sums = calibration.groupby("size")[["tokens", "budget"]].sum()
+    fitted = curve[curve.source.isin(("calibration", "full") if cfg.fit_full_runs else ("calibration",))]
+    sums = calibration.groupby("size")[["tokens", "budget", "updates"]].sum()
     longest = calibration.groupby("size").tokens.max()  # how far a prediction reaches: tokens / longest run's
     models = getattr(params.models, grid)
     sizes = pd.DataFrame([{"size": s, "layers": models[s].layers, "hidden": models[s].hidden,
                            "parameters": int(points[points["size"] == s].parameters.iloc[0]),
-                           "rate": float(sums.tokens[s] / sums.budget[s])} for s in candidates(params, task)]
-                         ).sort_values("parameters", ignore_index=True)
-    columns = [fitted[c].to_numpy(float) for c in ("parameters", "tokens", "loss")]
+                           "rate": float(sums.tokens[s] / sums.budget[s]),
+                           "tokens_per_update": float(sums.tokens[s] / sums.updates[s])}
+                          for s in candidates(params, task)]).sort_values("parameters", ignore_index=True)
+    columns = [fitted[c].to_numpy(float) for c in ("parameters", "area", "annealed", "loss")]
     law = fit_law(*columns, fixed=fixed)
-    laws = bootstrap_laws(*columns, cfg.bootstrap, fixed=fixed, start=law, seed=params.training.seed)
+    laws = bootstrap_laws(*columns, fitted.run.to_numpy(), cfg.bootstrap, fixed=fixed, start=law,
+                          seed=params.training.seed)
 
-    def at(size, t, which=law):
-        return float(which.at_budget(size.parameters, size.rate, t))
+    def final(which, size, t):
+        return final_loss(which, size, t, recipe)
 
-    boot_losses = np.array([[at(s, target, b) for s in sizes.itertuples()] for b in laws])
+    boot_losses = np.array([[float(final(b, s, target)) for s in sizes.itertuples()] for b in laws])
     best_share = np.bincount(boot_losses.argmin(axis=1), minlength=len(sizes)) / len(laws)
     predictions = []
     for i, s in enumerate(sizes.itertuples()):
         full = points[(points["size"] == s.size) & (points.source == "full")]
         row = {"size": s.size, "parameters": s.parameters, "rate": s.rate, "tokens": s.rate * target,
                "reach": s.rate * target / longest[s.size],
-               "loss": at(s, target), "interval": interval(boot_losses[:, i]), "best_share": float(best_share[i])}
+               "loss": float(final(law, s, target)), "interval": interval(boot_losses[:, i]),
+               "best_share": float(best_share[i])}
         if len(full):  # the full run's own end: at its budget by the calibration's rate, and at its own tokens
-            row["full"] = compared(law, s, full.iloc[0], longest[s.size])
+            row["full"] = compared(law, s, full.iloc[0], longest[s.size], final)
         predictions.append(row)
     by_size = sizes.set_index("size")
-    checks = [{"size": c.size, "fraction": c.fraction, **compared(law, by_size.loc[c.size], c, longest[c.size])}
+    checks = [{"size": c.size, "fraction": c.fraction,
+               **compared(law, by_size.loc[c.size], c, longest[c.size], final)}
               for c in points[points.source == "check"].itertuples()]
     lo, hi = cfg.crossover_range
     crossovers = []
     for sweep, names in sweeps(sizes).items():
         for small, large in zip(names, names[1:]):
             a, b = (by_size.loc[n] for n in (small, large))
-            pair = ((a.parameters, a.rate), (b.parameters, b.rate))
-            found = crossover(law, *pair, lo, hi)
-            boot = [crossover(w, *pair, lo, hi) for w in laws]
+            found = crossover(lambda t: final(law, b, t) - final(law, a, t), lo, hi)
+            boot = [crossover(lambda t, w=w: final(w, b, t) - final(w, a, t), lo, hi) for w in laws]
             same = [c["budget"] for c in boot if c["larger_better"] == found["larger_better"]]
             crossovers.append({"sweep": sweep, "small": small, "large": large, **found,
                                "interval": interval(same if found["budget"] is not None else []),
                                "agreeing_share": len(same) / len(boot)})
     return {"title": title, "stage": stage, "schedule": recipe.lr_schedule, "unit": unit, "budget": budget,
             "target": target, "range": [lo, hi],
-            "points": points.to_dict("records"), "fitted_points": len(fitted),
+            "points": points.drop(columns="end").to_dict("records"), "fitted_points": len(fitted),
+            "fitted_runs": int(fitted.run.nunique()),
             "free_parameters": free_parameters(fixed), "fixed": {k: v for k, v in fixed.items() if v is not None},
             "law": law.as_dict(), "law_interval": {k: interval([getattr(b, k) for b in laws]) for k in NAMES},
             "predictions": predictions, "best": sizes["size"][int(np.argmin([p["loss"] for p in predictions]))],
             "crossovers": crossovers, "ranking": ranking(predictions, params.report.loss_tolerance),
             "checks": checks, "check_pairs": check_pairs(checks, params.report.loss_tolerance),
-            "curves": curves(law, laws, sizes, points, [target, *(x["budget"] or 0 for x in crossovers)], lo, hi)}
+            "curves": curves(final, law, laws, sizes, points, [target, *(x["budget"] or 0 for x in crossovers)],
+                             lo, hi)}
 
 
-def curves(law, laws, sizes, points, marks: list, lo, hi) -> dict:
+def curves(final, law, laws, sizes, points, marks: list, lo, hi) -> dict:
     """Predicted loss against budget per size, with its bootstrap band, from the calibration runs to past
     the `marks` (target budget, crossovers)."""
     span = [points.budget.min() / 2, max(points.budget.max(), *marks) * 4]
     grid = np.geomspace(max(lo, span[0]), min(hi, span[1]), 60)
     out = {}
     for s in sizes.itertuples():
-        boot = np.array([b.at_budget(s.parameters, s.rate, grid) for b in laws])
-        out[s.size] = {"budget": grid.tolist(), "loss": law.at_budget(s.parameters, s.rate, grid).tolist(),
+        boot = np.array([final(b, s, grid) for b in laws])
+        out[s.size] = {"budget": grid.tolist(), "loss": final(law, s, grid).tolist(),
                        "low": np.percentile(boot, 2.5, axis=0).tolist(),
                        "high": np.percentile(boot, 97.5, axis=0).tolist()}
     return out
@@ -159,19 +165,26 @@ def markdown(plans: dict, params) -> str:
                 f"![plan](plan.png)\n\nEach task's calibration runs trained every size at "
                 f"{', '.join(f'{f:g}' for f in params.plan.fractions)} of its recipe's budget, the linear schedule "
                 "ending with each run's budget, so each run's last point is a proper end point. The law "
-                "L(N, D) = E + A / N^alpha + B / D^beta (Hoffmann et al. 2022, approach 3: Huber loss on log loss) is "
-                "fitted to them in tokens D, which do not depend on the machine's speed; a budget maps to tokens "
-                "with each size's measured rate. So a calibration on one machine and a prediction for another "
-                "differ only by that throughput table: rerun the calibration (or only measure the rates) there. "
-                "Intervals are 95% bootstrap intervals over resampled end points (the rates held fixed). "
-                "Validation loss only: BLEU is not predicted (it has no such law in N and D, and too few points)."]
+                "L(N, S, a) = E + A / N^alpha + B / S^beta - C a is fitted to every point of their curves: N the "
+                "non-embedding parameters, S the area (the tokens trained so far, each weighted by its learning "
+                "rate over the peak), a the annealed share (how much of the peak rate the decay has taken off). It "
+                "is Hoffmann et al. 2022's L(N, D) (approach 3: Huber loss on log loss) with the annealing term of "
+                "Tissue et al. 2024 (momentum 0): at every run's end S is a fixed share of its tokens D and a the "
+                "same, so "
+                "on end points alone it is Hoffmann's law; with it a run's whole curve informs the fit, not only "
+                "its end. It is fitted in tokens, which do not depend on the machine's speed; a budget maps to "
+                "tokens with each size's measured rate. So a calibration on one machine and a prediction for "
+                "another differ only by that throughput table: rerun the calibration (or only measure the rates) "
+                "there. Intervals are 95% bootstrap intervals over resampled runs (whole curves; the rates held "
+                "fixed). Validation loss only: BLEU is not predicted (it has no such law in N and D, and too few "
+                "points)."]
     for task, plan in plans.items():
         sections.append(task_section(task, plan))
     return "\n\n".join(sections) + "\n"
 
 
 def task_section(task: str, plan: dict) -> str:
-    unit, law, dof = plan["unit"], plan["law"], plan["fitted_points"] - plan["free_parameters"]
+    unit, law, dof = plan["unit"], plan["law"], plan["fitted_runs"] - plan["free_parameters"]
     fixed = ", ".join(f"{k} held at {v:g}" for k, v in plan["fixed"].items())
     params = pd.DataFrame([{"parameter": k, "value": law[k], "95% interval": span(plan["law_interval"][k])}
                            for k in NAMES])
@@ -181,8 +194,8 @@ def task_section(task: str, plan: dict) -> str:
                if dof <= 3 else "")
     if plan["schedule"] != "linear":
         caution += (f" **The recipe's schedule is {plan['schedule']}, which does not end with the budget**: a short "
-                    "run is the start of a long one, not a run ending with its own budget, so the law fits "
-                    "truncated runs and overestimates what a short budget with its own schedule reaches.")
+                    "run is the start of a long one; the law follows its rate through the area and the annealed "
+                    "share, which no run of this schedule has checked here.")
     rows = []
     for p in plan["predictions"]:
         full = p.get("full", {})
@@ -200,13 +213,13 @@ def task_section(task: str, plan: dict) -> str:
                                "95% interval": span(x["interval"]),
                                "resamples agreeing": f"{x['agreeing_share']:.0%}"} for x in plan["crossovers"]])
     calibration = sum(q["budget"] for q in plan["points"] if q["source"] == "calibration")
-    in_sample = plan["fitted_points"] > sum(q["source"] == "calibration" for q in plan["points"])
-    law_line = (f"**L(N, D) = {law['E']:.4g} + {law['A']:.4g} / N^{law['alpha']:.3g} + {law['B']:.4g} / "
-                f"D^{law['beta']:.3g}** (bits; N non-embedding parameters, D tokens), fitted to the "
-                f"{plan['fitted_points']} end points of the "
-                f"{'calibration and full-budget' if in_sample else 'calibration'} runs with "
-                f"{plan['free_parameters']} free parameters{' (' + fixed + ')' if fixed else ''}: "
-                f"{dof} degree{'' if dof == 1 else 's'} of freedom.")
+    in_sample = plan["fitted_runs"] > sum(q["source"] == "calibration" for q in plan["points"])
+    law_line = (f"**L(N, S, a) = {law['E']:.4g} + {law['A']:.4g} / N^{law['alpha']:.3g} + {law['B']:.4g} / "
+                f"S^{law['beta']:.3g} - {law['C']:.3g} a** (bits; N non-embedding parameters, S the area in "
+                f"tokens, a the annealed share), fitted to the {plan['fitted_points']} points of the "
+                f"{plan['fitted_runs']} {'calibration and full-budget' if in_sample else 'calibration'} runs' "
+                f"curves with {plan['free_parameters']} free parameters{' (' + fixed + ')' if fixed else ''}: "
+                f"{dof} degree{'' if dof == 1 else 's'} of freedom counted in runs.")
     return (f"## {plan['title']} ({plan['stage']})\n\n{law_line}{caution}\n\n" + table(params) +
             f"\n\n**Predicted best size at {plan['target']:g} {unit}: {plan['best']}.** Tokens per "
             f"{unit[:-1]} are measured in the calibration runs.\n\n" + table(pd.DataFrame(rows)) + "\n\n" +
