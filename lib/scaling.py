@@ -3,7 +3,7 @@ size planner, issue 35).
 
 L(N, S, a) = E + A / N^alpha + B / S^beta - C * a: N the non-embedding parameters (lib/model_size.py), S the
 area, the tokens trained so far each weighted by its learning rate over the peak, and a the annealed share,
-how far the rate has come down from its peak (lib/lr_area.py). Hoffmann et al. 2022's L(N, D) ("approach 3")
+how much of the peak rate the decay has taken off (lib/lr_area.py). Hoffmann et al. 2022's L(N, D) ("approach 3")
 with Tissue et al. 2024's annealing term (their law with momentum 0): at every run's end the rate has come
 down the same way (S a fixed share of D, a = 1 - end_lr / peak), so on end points alone it is Hoffmann's law,
 C folded into E; with it the law also fits every point along a run's curve, where the rate is still high. So
@@ -34,7 +34,7 @@ class Law:
     beta: float
     C: float = 0.0
 
-    def loss(self, n, area, annealed=0.0):
+    def loss(self, n, area, annealed):
         """Predicted loss of N parameters after training over `area` (tokens times rate shares), its rate
         annealed by the share `annealed` of the peak."""
         n, area = np.asarray(n, dtype=float), np.asarray(area, dtype=float)
@@ -93,7 +93,7 @@ def fit_law(n, area, annealed, loss, fixed: dict | None = None, starts: list | N
     if np.any(loss <= 0) or np.any(n <= 0) or np.any(area <= 0):
         raise ValueError("N, the area and the losses must be positive")
     data = (np.log(n), np.log(area), annealed, np.log(loss), fixed)
-    top = math.log(float(loss.max()))  # E, A / N^alpha, B / S^beta below the highest loss; the gain C too
+    top = math.log(float(loss.max()))  # E and the gain C below the highest loss; log A, log B where exp is finite
     bounds = [(-50.0, top), (-50.0, 200.0), (-50.0, 200.0)] + [EXPONENT_BOUNDS] * (free_parameters(fixed) - 4)
     bounds += [(0.0, float(loss.max()))]
     best = None
