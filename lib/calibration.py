@@ -87,10 +87,10 @@ def with_areas(rows: pd.DataFrame, recipe, fraction: float) -> pd.DataFrame:
 def final_loss(law, size, budget, recipe):
     """The law's loss at the end of a run of `size` (its parameters, rate in tokens per budget unit and tokens per
     update) for `budget` (arrays welcome) under `recipe`'s schedule, with the warm-up a run of that budget has
-    (scaled down below the recipe's budget, as calibration runs are: scaled_warmup, unrounded)."""
+    (scaled_warmup, as the calibration runs had)."""
     budget = np.asarray(budget, dtype=float)
     updates = size.rate * budget / size.tokens_per_update
-    warmup = recipe.warmup_updates * np.minimum(1.0, budget / budget_unit(recipe.budget)[1])
+    warmup = np.vectorize(scaled_warmup)(recipe.warmup_updates, budget / budget_unit(recipe.budget)[1])
     area, annealed = end_area(recipe.lr_schedule, updates, warmup, recipe.end_lr / recipe.lr)
     return law.loss(size.parameters, area * size.tokens_per_update, annealed)
 
