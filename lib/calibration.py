@@ -55,15 +55,17 @@ def scaled_warmup(warmup_updates: int, fraction: float) -> int:
     return max(1, round(warmup_updates * fraction))
 
 
-def scaled_params(params, stage: str, fraction: float):
-    """params with `stage`'s recipe budget scaled by `fraction` (updates rounded, at least 1), and its warm-up
-    with it (scaled_warmup)."""
+def scaled_params(params, task: str, fraction: float):
+    """params with `task`'s recipe budget scaled by `fraction` (updates rounded, at least 1), its warm-up with it
+    (scaled_warmup), and its curve points every plan.<grid>_validate_every updates where that is set."""
+    stage, grid, _ = TASKS[task]
     section = getattr(params, stage)
     budget = section.recipe.budget
     scaled = budget.model_copy(update={"seconds": budget.seconds * fraction} if budget.seconds is not None
                                else {"updates": max(1, round(budget.updates * fraction))})
     recipe = section.recipe.model_copy(update={
-        "budget": scaled, "warmup_updates": scaled_warmup(section.recipe.warmup_updates, fraction)})
+        "budget": scaled, "warmup_updates": scaled_warmup(section.recipe.warmup_updates, fraction),
+        "validate_every": getattr(params.plan, f"{grid}_validate_every") or section.recipe.validate_every})
     return params.model_copy(update={stage: section.model_copy(update={"recipe": recipe})})
 
 

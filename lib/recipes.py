@@ -94,11 +94,11 @@ def finetune_args(params, name: str, task: str, init: Path | str | None = None, 
     return args, flops_of_batch(non_embedding_params(size))
 
 
-def translation_args(params, name: str, init: Path | None = None, budget=None):
+def translation_args(params, name: str, init: Path | None = None, budget=None, bleu: bool = True):
     """fairseq's translation recipe (examples/translation) for size `name`: a pre-norm Transformer,
     label-smoothed cross-entropy, embeddings shared over the joined dictionary, valid BLEU at every point
-    (greedy unless bleu_beam > 1); from scratch or from the weights of `init`, under `budget` (default:
-    train_mt.recipe.budget)."""
+    (greedy unless bleu_beam > 1; not with bleu False: loss only); from scratch or from the weights of `init`,
+    under `budget` (default: train_mt.recipe.budget)."""
     size, recipe, tr = params.models.mt[name], params.train_mt.recipe, params.data.translation
     bleu_args = json.dumps({"beam": recipe.bleu_beam, "max_len_a": MAX_LEN_A, "max_len_b": MAX_LEN_B})
     args = [MT_DATA, "--task", "translation", "--source-lang", tr.source, "--target-lang", tr.target,
@@ -109,8 +109,8 @@ def translation_args(params, name: str, init: Path | None = None, budget=None):
             "--encoder-ffn-embed-dim", size.ffn, "--decoder-ffn-embed-dim", size.ffn,
             "--encoder-attention-heads", size.heads, "--decoder-attention-heads", size.heads,
             "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", recipe.label_smoothing,
-            "--eval-bleu", "--eval-bleu-args", bleu_args, "--eval-bleu-detok", "space",
-            "--eval-bleu-remove-bpe", "sentencepiece", "--seed", params.training.seed,
+            *(["--eval-bleu", "--eval-bleu-args", bleu_args, "--eval-bleu-detok", "space",
+               "--eval-bleu-remove-bpe", "sentencepiece"] if bleu else []), "--seed", params.training.seed,
             *schedule_flags(recipe), *budget_flags(budget or recipe.budget), *device_flags(params.training),
             *(["--finetune-from-model", init] if init else [])]
     return args, flops_of_batch(non_embedding_params(size), non_embedding_params(size, decoder=True))

@@ -208,6 +208,8 @@ class Plan(Strict):
     mlm_sizes: list[str] = Field(min_length=1)    # the candidates calibrated: keys of models.mlm
     mt_sizes: list[str] = Field(min_length=1)     # keys of models.mt
     fractions: list[float] = Field(min_length=1)  # calibration runs: every size at these shares of its budget
+    mlm_validate_every: int | None = Field(ge=1)  # updates between their curves' points (null: the recipe's)
+    mt_validate_every: int | None = Field(ge=1)
     target_budget: float | None = Field(gt=0)     # budget predicted for, in the recipe's unit (null: the recipe's)
     crossover_range: list[float] = Field(min_length=2, max_length=2)  # budgets searched for crossovers
     bootstrap: int = Field(ge=10)                # resamples of the end points for the intervals

@@ -3,7 +3,7 @@
 The run is the training stage's own (pretrain: lib/recipes.pretrain_args; train_mt: translation_args; the
 harness lib/harness.train_with_budget) with the recipe's budget, seconds or updates, times FRACTION, so its
 linear schedule ends with that shorter budget and its last curve point is a proper end point of the scaling
-law (lib/scaling.py). Only the curve is kept: reports/calibration/<stage>-<size>-<fraction>.csv, and .json
+law (lib/scaling.py); its curve has a point every plan.<task>_validate_every updates where that is set. Only the curve is kept: reports/calibration/<stage>-<size>-<fraction>.csv, and .json
 with what ran where; the checkpoints live in models/.work/calibrate/ (apart from the full run's resumable
 state, so the two never collide) while it runs, and an interrupted run resumes there.
 
@@ -25,7 +25,9 @@ from lib.recipes import pretrain_args, translation_args
 from lib.stage import run_stage
 
 USAGE = "python -m stages.calibrate mlm|mt SIZE FRACTION"
-ARGS = {"mlm": pretrain_args, "mt": translation_args}
+# translation validates its loss only: the plan predicts no BLEU, and greedy decoding at every point would
+# spend the short runs' budget on it
+ARGS = {"mlm": pretrain_args, "mt": lambda params, name: translation_args(params, name, bleu=False)}
 
 
 def main(argv):
@@ -43,7 +45,7 @@ def main(argv):
         raise StageError(f"usage: {USAGE}, FRACTION a positive number (the share of the recipe's budget)")
     if launch_data_parallel(params.training, "stages.calibrate", argv):  # training.world_size ranks did it
         return
-    scaled = scaled_params(params, stage, fraction)
+    scaled = scaled_params(params, task, fraction)
     args, flops_of_batch = ARGS[task](scaled, name)
     curve, summary = calibration_files(stage, name, fraction)
     label, work = f"calibrate {stage} {name} x{fraction_name(fraction)}", WORK_DIR / "calibrate" / summary.stem

@@ -130,14 +130,28 @@ def test_the_area_follows_the_logged_rate():
 
 def test_calibration_budget_is_the_recipes_scaled():
     params = load_params(REPO / "params.yaml")
-    scaled = scaled_params(params, "pretrain", 0.125)
+    scaled = scaled_params(params, "mlm", 0.125)
     assert scaled.pretrain.recipe.budget.seconds == params.pretrain.recipe.budget.seconds * 0.125
     assert scaled.train_mt == params.train_mt and params.pretrain.recipe.budget.seconds == 270
     # the warm-up takes the full run's share of every shorter run, and a longer run keeps the recipe's
     assert params.pretrain.recipe.warmup_updates == 50 and scaled.pretrain.recipe.warmup_updates == 6
-    assert scaled_params(params, "train_mt", 0.25).train_mt.recipe.warmup_updates == 8
-    assert scaled_params(params, "pretrain", 0.001).pretrain.recipe.warmup_updates == 1
-    assert scaled_params(params, "pretrain", 4.0).pretrain.recipe.warmup_updates == 50
+    assert scaled_params(params, "mt", 0.25).train_mt.recipe.warmup_updates == 8
+    assert scaled_params(params, "mlm", 0.001).pretrain.recipe.warmup_updates == 1
+    assert scaled_params(params, "mlm", 4.0).pretrain.recipe.warmup_updates == 50
+
+
+def test_calibration_curves_take_the_plans_validation_interval_and_translation_no_bleu():
+    from lib.recipes import translation_args
+    from stages.calibrate import ARGS
+    params = load_params(REPO / "params.yaml")
+    params = params.model_copy(update={"plan": params.plan.model_copy(update={"mlm_validate_every": None,
+                                                                                "mt_validate_every": 40})})
+    mt, mlm = scaled_params(params, "mt", 0.3), scaled_params(params, "mlm", 0.3)
+    assert mt.train_mt.recipe.validate_every == 40 and params.train_mt.recipe.validate_every != 40
+    assert mlm.pretrain.recipe.validate_every == params.pretrain.recipe.validate_every  # null: the recipe's
+    args = [str(a) for a in ARGS["mt"](mt, "L2-H128")[0]]
+    assert args[args.index("--validate-interval-updates") + 1] == "40" and "--eval-bleu" not in args
+    assert "--eval-bleu" in [str(a) for a in translation_args(params, "L2-H128")[0]]  # the full run keeps its BLEU
 
 
 # ---------------------------------------------------------------- the plan stage on synthetic curves
