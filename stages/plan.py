@@ -223,7 +223,7 @@ def task_section(task: str, plan: dict) -> str:
     return (f"## {plan['title']} ({plan['stage']})\n\n{law_line}{caution}\n\n" + table(params) +
             f"\n\n**Predicted best size at {plan['target']:g} {unit}: {plan['best']}.** Tokens per "
             f"{unit[:-1]} are measured in the calibration runs.\n\n" + table(pd.DataFrame(rows)) + "\n\n" +
-            full_run_errors(task, plan, in_sample) + check_section(plan) + "\n\nCrossovers: the budget past which the larger of two "
+            full_run_errors(task, plan, in_sample) + check_section(task, plan) + "\n\nCrossovers: the budget past which the larger of two "
             "adjacent sizes of a sweep is predicted to reach the lower final loss.\n\n" +
             (table(crossings) if len(crossings) else "none") +
             f"\n\nCalibration cost: {calibration:.4g} {unit} of training, "
@@ -231,10 +231,15 @@ def task_section(task: str, plan: dict) -> str:
             f"budget of {plan['budget']:g} {unit}.")
 
 
-def check_section(plan: dict) -> str:
-    """The check runs (by hand, at fractions not calibrated) against the prediction: out of sample."""
+def check_section(task: str, plan: dict) -> str:
+    """The check runs (by hand, at fractions not calibrated) against the prediction: out of sample; those of the
+    full budget (x1) also against issue 35's target, with the margin."""
     if not plan["checks"]:
         return ""
+    target = TARGET_ERROR[task]
+    margins = [f"{c['size']} {c['error_at_tokens']:+.3f} (" + (f"met by {target - abs(c['error_at_tokens']):.3f}"
+               if abs(c["error_at_tokens"]) <= target else f"missed by {abs(c['error_at_tokens']) - target:.3f}") + ")"
+               for c in plan["checks"] if c["fraction"] == 1]
     unit = plan["unit"]
     rows = pd.DataFrame([{"size": c["size"], "fraction of the budget": f"{c['fraction']:g}",
                           unit: round(c["budget"], 1), "tokens": int(c["tokens"]), "reach": f"{c['reach']:.2g}x",
@@ -253,6 +258,8 @@ def check_section(plan: dict) -> str:
     return ("\n\nCheck runs, out of sample: runs made by hand at a fraction of the budget that is not calibrated "
             "(`python -m stages.calibrate TASK SIZE FRACTION`; reports/calibration/), compared with the prediction "
             f"at their own tokens (reach: their tokens over the size's longest calibration run's).\n\n" + table(rows) +
+            (f"\n\nAt the full budget (x1), against issue 35's target of {target} bits at their own tokens: "
+             f"{', '.join(margins)}." if margins else "") +
             ("\n\nSides of the sizes checked at the same fraction (a tie: within the report's "
              f"{plan['ranking']['tolerance']} bits):\n\n" + "\n".join(f"- {line}" for line in lines) if lines else ""))
 
