@@ -3,9 +3,11 @@
 The run is the training stage's own (pretrain: lib/recipes.pretrain_args; train_mt: translation_args; the
 harness lib/harness.train_with_budget) with the recipe's budget, seconds or updates, times FRACTION, so its
 linear schedule ends with that shorter budget and its last curve point is a proper end point of the scaling
-law (lib/scaling.py); its curve has a point every plan.<task>_validate_every updates where that is set. Only the curve is kept: reports/calibration/<stage>-<size>-<fraction>.csv, and .json
-with what ran where; the checkpoints live in models/.work/calibrate/ (apart from the full run's resumable
-state, so the two never collide) while it runs, and an interrupted run resumes there.
+law (lib/scaling.py); its curve has a point every plan.<task>_validate_every updates where that is set (the
+recipe's validate_every where null), translation's without BLEU. Only the curve is kept:
+reports/calibration/<stage>-<size>-<fraction>.csv, and .json with what ran where; the checkpoints live in
+models/.work/calibrate/ (apart from the full run's resumable state, so the two never collide) while it runs,
+and an interrupted run resumes there.
 
 Not part of `dvc repro`: its stages are plan/dvc.yaml's (`make plan`), at plan.fractions (below 1). By hand, a
 FRACTION above 1 trains a longer run without touching the full run's outputs, e.g. to check a crossover.
