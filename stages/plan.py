@@ -6,7 +6,8 @@ runs' when plan.fit_full_runs), S and a from each run's schedule (lib/lr_area.py
 runs; maps a budget to the end of a run with each size's measured rate (tokens per second, or per update,
 from its calibration runs); and predicts each size's final valid loss at the target budget, the best size,
 and for adjacent sizes of the depth and the width sweep the budget where the larger overtakes the smaller.
-Where full-budget curves exist (reports/curves/), compares them with the prediction. Writes reports/plan.md, reports/plan.json and reports/plan.png.
+Where full-budget curves exist (reports/curves/), and for the check runs, compares them with the prediction.
+Writes reports/plan.md, reports/plan.json and reports/plan.png.
 
 Usage: python -m stages.plan
 """
@@ -170,10 +171,9 @@ def markdown(plans: dict, params) -> str:
                 "rate over the peak), a the annealed share (how much of the peak rate the decay has taken off). It "
                 "is Hoffmann et al. 2022's L(N, D) (approach 3: Huber loss on log loss) with the annealing term of "
                 "Tissue et al. 2024 (momentum 0): at every run's end S is a fixed share of its tokens D and a the "
-                "same, so "
-                "on end points alone it is Hoffmann's law; with it a run's whole curve informs the fit, not only "
-                "its end. It is fitted in tokens, which do not depend on the machine's speed; a budget maps to "
-                "tokens with each size's measured rate. So a calibration on one machine and a prediction for "
+                "same, so on end points alone it is Hoffmann's law; with it a run's whole curve informs the "
+                "fit, not only its end. It is fitted in tokens, which do not depend on the machine's speed; a "
+                "budget maps to tokens with each size's measured rate. So a calibration on one machine and a prediction for "
                 "another differ only by that throughput table: rerun the calibration (or only measure the rates) "
                 "there. Intervals are 95% bootstrap intervals over resampled runs (whole curves; the rates held "
                 "fixed). Validation loss only: BLEU is not predicted (it has no such law in N and D, and too few "
@@ -223,8 +223,9 @@ def task_section(task: str, plan: dict) -> str:
     return (f"## {plan['title']} ({plan['stage']})\n\n{law_line}{caution}\n\n" + table(params) +
             f"\n\n**Predicted best size at {plan['target']:g} {unit}: {plan['best']}.** Tokens per "
             f"{unit[:-1]} are measured in the calibration runs.\n\n" + table(pd.DataFrame(rows)) + "\n\n" +
-            full_run_errors(task, plan, in_sample) + check_section(task, plan) + "\n\nCrossovers: the budget past which the larger of two "
-            "adjacent sizes of a sweep is predicted to reach the lower final loss.\n\n" +
+            full_run_errors(task, plan, in_sample) + check_section(task, plan) +
+            "\n\nCrossovers: the budget past which the larger of two adjacent sizes of a sweep is predicted to "
+            "reach the lower final loss.\n\n" +
             (table(crossings) if len(crossings) else "none") +
             f"\n\nCalibration cost: {calibration:.4g} {unit} of training, "
             f"{calibration / (len(plan['predictions']) * plan['budget']):.0%} of training every size for its full "
