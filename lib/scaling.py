@@ -9,9 +9,10 @@ down the same way (S a fixed share of D, a = 1 - end_lr / peak), so on end point
 C folded into E; with it the law also fits every point along a run's curve, where the rate is still high. So
 each calibration run gives the fit its whole curve, not only its last point. Fitted as Hoffmann et al. did:
 a Huber loss (delta 1e-3) on log L, minimized by L-BFGS-B from a grid of initial points, the best kept; the
-bootstrap resamples whole runs (the points of one curve are not independent). A budget maps to a run's end
-through each size's measured rate (lib/calibration.py), so a crossover between two sizes is a budget, found
-by bisection in log budget. Pure functions of arrays: no files."""
+bootstrap resamples whole runs (the points of one curve are not independent); E may be held at or above a
+floor, the least loss the objective allows (lib/objective.py). A budget maps to a run's end through each
+size's measured rate (lib/calibration.py), so a crossover between two sizes is a budget, found by bisection
+in log budget. Pure functions of arrays: no files."""
 import itertools
 import math
 from dataclasses import asdict, dataclass
@@ -76,29 +77,35 @@ def _objective(theta, log_n, log_s, annealed, log_l, fixed):
     return float(huber(r).sum()), np.array(grad + [-(w @ annealed)])
 
 
-def initial_points(loss: np.ndarray, fixed: dict) -> list:
-    """The grid of starts: E below the best loss seen, A and B over several decades, exponents 0.3 and 0.7,
-    no annealing gain and a tenth of a bit."""
+def initial_points(loss: np.ndarray, fixed: dict, floor: float = 0.0) -> list:
+    """The grid of starts: E below the best loss seen (and not below `floor`), A and B over several decades,
+    exponents 0.3 and 0.7, no annealing gain and a tenth of a bit."""
     lowest = float(np.min(loss))
-    grids = [[math.log(0.5 * lowest), math.log(0.9 * lowest)], [0.0, 5.0, 10.0], [0.0, 5.0, 10.0]]
+    starts = sorted({math.log(max(share * lowest, floor)) for share in (0.5, 0.9)})
+    grids = [starts, [0.0, 5.0, 10.0], [0.0, 5.0, 10.0]]
     grids += [[0.3, 0.7] for k in ("alpha", "beta") if fixed.get(k) is None]
     return [np.array(p) for p in itertools.product(*grids, [0.0, 0.1])]
 
 
-def fit_law(n, area, annealed, loss, fixed: dict | None = None, starts: list | None = None) -> Law:
+def fit_law(n, area, annealed, loss, fixed: dict | None = None, starts: list | None = None,
+            floor: float = 0.0) -> Law:
     """The law fitted to points (N, area, annealed share, loss); `fixed` may hold alpha and/or beta (held, not
-    fitted); `starts`: initial free-parameter vectors (default: initial_points' grid)."""
+    fitted); `starts`: initial free-parameter vectors (default: initial_points' grid); `floor`: the least loss
+    the objective allows (E is held at or above it; 0: none)."""
     fixed = fixed or {}
     n, area, annealed, loss = (np.asarray(x, dtype=float) for x in (n, area, annealed, loss))
     if np.any(loss <= 0) or np.any(n <= 0) or np.any(area <= 0):
         raise ValueError("N, the area and the losses must be positive")
+    if floor >= loss.min():
+        raise ValueError(f"a loss of {loss.min():.4g} lies at or below the objective's floor {floor:.4g}")
     data = (np.log(n), np.log(area), annealed, np.log(loss), fixed)
     top = math.log(float(loss.max()))  # E and the gain C below the highest loss; log A, log B where exp is finite
-    bounds = [(-50.0, top), (-50.0, 200.0), (-50.0, 200.0)] + [EXPONENT_BOUNDS] * (free_parameters(fixed) - 4)
+    bottom = math.log(floor) if floor > 0 else -50.0
+    bounds = [(bottom, top), (-50.0, 200.0), (-50.0, 200.0)] + [EXPONENT_BOUNDS] * (free_parameters(fixed) - 4)
     bounds += [(0.0, float(loss.max()))]
     best = None
     with threadpool_limits(1):  # L-BFGS-B's BLAS calls on 6-vectors: threads only wait on each other
-        for start in starts if starts is not None else initial_points(loss, fixed):
+        for start in starts if starts is not None else initial_points(loss, fixed, floor):
             result = minimize(_objective, start, args=data, method="L-BFGS-B", jac=True, bounds=bounds,
                               options={"ftol": 1e-13, "gtol": 1e-10})
             if best is None or result.fun < best.fun:
@@ -116,21 +123,21 @@ def free_vector(law: Law, fixed: dict | None = None) -> np.ndarray:
 
 
 def bootstrap_laws(n, area, annealed, loss, runs, resamples: int, fixed: dict | None = None,
-                   start: Law | None = None, seed: int = 0) -> list:
+                   start: Law | None = None, seed: int = 0, floor: float = 0.0) -> list:
     """The law refitted to `resamples` resamples of the runs (`runs`: each point's run; whole runs drawn with
     replacement, as many as there are), each from the full fit `start` and a few grid points: the spread of
     these is the fit's uncertainty."""
     n, area, annealed, loss = (np.asarray(x, dtype=float) for x in (n, area, annealed, loss))
     fixed, runs = fixed or {}, np.asarray(runs)
-    start = start or fit_law(n, area, annealed, loss, fixed)
-    grid = initial_points(loss, fixed)
+    start = start or fit_law(n, area, annealed, loss, fixed, floor=floor)
+    grid = initial_points(loss, fixed, floor)
     rng = np.random.default_rng(seed)
     members = [np.flatnonzero(runs == r) for r in np.unique(runs)]
     laws = []
     for _ in range(resamples):
         pick = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
         starts = [free_vector(start, fixed), *(grid[i] for i in rng.choice(len(grid), 4, replace=False))]
-        laws.append(fit_law(n[pick], area[pick], annealed[pick], loss[pick], fixed, starts))
+        laws.append(fit_law(n[pick], area[pick], annealed[pick], loss[pick], fixed, starts, floor))
     return laws
 
 

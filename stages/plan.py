@@ -1,17 +1,18 @@
 """plan: which size for a budget, predicted from the calibration runs (issue 35).
 
-Per task (masked LM, translation) fits L(N, S, a) = E + A / N^alpha + B / S^beta - C a (lib/scaling.py) to
-every point of the calibration runs' curves (reports/calibration/, stages/calibrate.py; plus the full-budget
-runs' when plan.fit_full_runs), S and a from each run's schedule (lib/lr_area.py), with a bootstrap over the
-runs; maps a budget to the end of a run with each size's measured rate (tokens per second, or per update,
-from its calibration runs); and predicts each size's final valid loss at the target budget, the best size,
-and for adjacent sizes of the depth and the width sweep the budget where the larger overtakes the smaller.
-Where full-budget curves exist (reports/curves/), and for the check runs, compares them with the prediction.
-Writes reports/plan.md, reports/plan.json and reports/plan.png.
+Per task (masked LM, translation) fits L(N, S, a) = E + A / N^alpha + B / S^beta - C a (lib/scaling.py; E held
+above the objective's floor, lib/objective.py) to every point of the calibration runs' curves (reports/calibration/,
+stages/calibrate.py; plus the full-budget runs' when plan.fit_full_runs), S and a from each run's schedule
+(lib/lr_area.py), with a bootstrap over the runs; maps a budget to the end of a run with each size's measured rate
+(tokens per second, or per update, from its calibration runs); and predicts each size's final valid loss at the
+target budget, the best size, and for adjacent sizes of the depth and the width sweep the budget where the larger
+overtakes the smaller. Where full-budget curves exist (reports/curves/), and for the check runs, compares them
+with the prediction. Writes reports/plan.md, reports/plan.json and reports/plan.png.
 
 Usage: python -m stages.plan
 """
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from lib.calibration import PLAN_JSON, TASKS, budget_unit, candidates, curve_poi
 from lib.errors import log
 from lib.figures import colors_of, figure_legend, log_axis, plt, sns, table
 from lib.params import load_params
+from lib.objective import loss_floor
 from lib.plan_checks import check_pairs, compared, ranking
 from lib.scaling import NAMES, bootstrap_laws, crossover, fit_law, free_parameters, interval
 from lib.stage import run_stage
@@ -59,13 +61,11 @@ def plan_task(params, task: str) -> dict:
                            "tokens_per_update": float(sums.tokens[s] / sums.updates[s])}
                           for s in candidates(params, task)]).sort_values("parameters", ignore_index=True)
     columns = [fitted[c].to_numpy(float) for c in ("parameters", "area", "annealed", "loss")]
-    law = fit_law(*columns, fixed=fixed)
+    floor, floor_why = loss_floor(params, task)
+    law = fit_law(*columns, fixed=fixed, floor=floor)
     laws = bootstrap_laws(*columns, fitted.run.to_numpy(), cfg.bootstrap, fixed=fixed, start=law,
-                          seed=params.training.seed)
-
-    def final(which, size, t):
-        return final_loss(which, size, t, recipe)
-
+                          seed=params.training.seed, floor=floor)
+    final = partial(final_loss, recipe=recipe)  # final(law, size, budget): the loss at the end of a run of that budget
     boot_losses = np.array([[float(final(b, s, target)) for s in sizes.itertuples()] for b in laws])
     best_share = np.bincount(boot_losses.argmin(axis=1), minlength=len(sizes)) / len(laws)
     predictions = []
@@ -98,7 +98,8 @@ def plan_task(params, task: str) -> dict:
             "points": points.drop(columns="end").to_dict("records"), "fitted_points": len(fitted),
             "fitted_runs": int(fitted.run.nunique()),
             "free_parameters": free_parameters(fixed), "fixed": {k: v for k, v in fixed.items() if v is not None},
-            "law": law.as_dict(), "law_interval": {k: interval([getattr(b, k) for b in laws]) for k in NAMES},
+            "floor": {"bits": floor, "why": floor_why}, "law": law.as_dict(),
+            "law_interval": {k: interval([getattr(b, k) for b in laws]) for k in NAMES},
             "predictions": predictions, "best": sizes["size"][int(np.argmin([p["loss"] for p in predictions]))],
             "crossovers": crossovers, "ranking": ranking(predictions, params.report.loss_tolerance),
             "checks": checks, "check_pairs": check_pairs(checks, params.report.loss_tolerance),
@@ -165,19 +166,18 @@ def markdown(plans: dict, params) -> str:
     sections = ["# Size plan: which size for a budget, predicted from calibration runs\n\n"
                 f"![plan](plan.png)\n\nEach task's calibration runs trained every size at "
                 f"{', '.join(f'{f:g}' for f in params.plan.fractions)} of its recipe's budget, the linear schedule "
-                "ending with each run's budget, so each run's last point is a proper end point. The law "
-                "L(N, S, a) = E + A / N^alpha + B / S^beta - C a is fitted to every point of their curves: N the "
-                "non-embedding parameters, S the area (the tokens trained so far, each weighted by its learning "
-                "rate over the peak), a the annealed share (how much of the peak rate the decay has taken off). It "
-                "is Hoffmann et al. 2022's L(N, D) (approach 3: Huber loss on log loss) with the annealing term of "
-                "Tissue et al. 2024 (momentum 0): at every run's end S is a fixed share of its tokens D and a the "
-                "same, so on end points alone it is Hoffmann's law; with it a run's whole curve informs the "
-                "fit, not only its end. It is fitted in tokens, which do not depend on the machine's speed; a "
-                "budget maps to tokens with each size's measured rate. So a calibration on one machine and a prediction for "
-                "another differ only by that throughput table: rerun the calibration (or only measure the rates) "
-                "there. Intervals are 95% bootstrap intervals over resampled runs (whole curves; the rates held "
-                "fixed). Validation loss only: BLEU is not predicted (it has no such law in N and D, and too few "
-                "points)."]
+                "ending with each run's budget, so each run's last point is a proper end point. The law L(N, S, a) = E"
+                " + A / N^alpha + B / S^beta - C a is fitted to every point of their curves: N the non-embedding "
+                "parameters, S the area (the tokens trained so far, each weighted by its learning rate over the peak),"
+                " a the annealed share (how much of the peak rate the decay has taken off). It is Hoffmann et al. "
+                "2022's L(N, D) (approach 3: Huber loss on log loss) with the annealing term of Tissue et al. 2024 "
+                "(momentum 0): at every run's end S is a fixed share of its tokens D and a the same, so on end points "
+                "alone it is Hoffmann's law; with it a run's whole curve informs the fit, not only its end. It is "
+                "fitted in tokens, which do not depend on the machine's speed; a budget maps to tokens with each "
+                "size's measured rate. So a calibration on one machine and a prediction for another differ only by "
+                "that throughput table: rerun the calibration (or only measure the rates) there. Intervals are 95% "
+                "bootstrap intervals over resampled runs (whole curves; the rates held fixed). Validation loss only: "
+                "BLEU is not predicted (it has no such law in N and D, and too few points)."]
     for task, plan in plans.items():
         sections.append(task_section(task, plan))
     return "\n\n".join(sections) + "\n"
@@ -219,7 +219,9 @@ def task_section(task: str, plan: dict) -> str:
                 f"tokens, a the annealed share), fitted to the {plan['fitted_points']} points of the "
                 f"{plan['fitted_runs']} {'calibration and full-budget' if in_sample else 'calibration'} runs' "
                 f"curves with {plan['free_parameters']} free parameters{' (' + fixed + ')' if fixed else ''}: "
-                f"{dof} degree{'' if dof == 1 else 's'} of freedom counted in runs.")
+                f"{dof} degree{'' if dof == 1 else 's'} of freedom counted in runs." +
+                (f" E is held at or above {plan['floor']['bits']:.4g} bits, the least loss the objective allows "
+                 f"({plan['floor']['why']})." if plan["floor"]["bits"] > 0 else ""))
     return (f"## {plan['title']} ({plan['stage']})\n\n{law_line}{caution}\n\n" + table(params) +
             f"\n\n**Predicted best size at {plan['target']:g} {unit}: {plan['best']}.** Tokens per "
             f"{unit[:-1]} are measured in the calibration runs.\n\n" + table(pd.DataFrame(rows)) + "\n\n" +

@@ -15,6 +15,7 @@ from lib.calibration import (CALIBRATION, calibration_files, check_runs, claim_a
 from lib.model_size import model_non_embedding_params
 from lib.params import load_params
 from lib.lr_area import curve_areas, end_area
+from lib.objective import label_smoothing_floor
 from lib.scaling import Law, bootstrap_laws, crossover, fit_law, interval
 
 TRUE = Law(E=5.0, A=300.0, B=2000.0, alpha=0.4, beta=0.45, C=0.3)
@@ -84,6 +85,38 @@ def test_the_bootstrap_draws_whole_runs():
 def test_held_exponents_are_not_fitted():
     law = fit_law(N, AREA, ANNEALED, TRUE.loss(N, AREA, ANNEALED), fixed={"beta": 0.45})
     assert law.beta == 0.45 and law.alpha == pytest.approx(0.4, rel=1e-3) and law.C == pytest.approx(0.3, rel=1e-2)
+
+
+def test_a_floor_holds_the_fitted_E_at_or_above_it():
+    loss = TRUE.loss(N, AREA, ANNEALED)
+    assert fit_law(N, AREA, ANNEALED, loss, floor=4.0).E == pytest.approx(TRUE.E, rel=1e-3)  # not binding
+    held = fit_law(N, AREA, ANNEALED, loss, floor=5.5)
+    assert held.E == pytest.approx(5.5, rel=1e-9) and held.E >= 5.5
+    assert all(b.E >= 5.5 for b in bootstrap_laws(N, AREA, ANNEALED, loss, RUNS, 3, floor=5.5))
+    with pytest.raises(ValueError, match="at or below the objective's floor"):
+        fit_law(N, AREA, ANNEALED, loss, floor=float(loss.min()))
+
+
+@pytest.mark.parametrize("epsilon, symbols", [(0.1, 8001), (0.1, 50), (0.2, 1000)])
+def test_the_label_smoothing_floor_is_fairseqs_loss_at_the_best_prediction(epsilon, symbols):
+    """fairseq's criterion at the prediction that minimizes it (the smoothed target itself) is the floor; any
+    other prediction, the one-hot-like confident one included, scores above it."""
+    import torch
+    from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+
+    target = torch.tensor([3])
+    best = torch.full((1, symbols), epsilon / (symbols - 1), dtype=torch.float64)
+    best[0, 3] = 1 - epsilon
+
+    def bits(probs):
+        return float(label_smoothed_nll_loss(probs.log(), target, epsilon)[0]) / np.log(2)
+
+    assert bits(best) == pytest.approx(label_smoothing_floor(epsilon, symbols), rel=1e-9)
+    confident = torch.full((1, symbols), 1e-4 / (symbols - 1), dtype=torch.float64)
+    confident[0, 3] = 1 - 1e-4
+    guess = torch.softmax(torch.randn(1, symbols, dtype=torch.float64), -1)
+    assert bits(confident) > bits(best) and bits(guess) > bits(best)
+    assert label_smoothing_floor(0.0, symbols) == 0.0
 
 
 def test_crossover_is_the_analytic_one():
@@ -195,6 +228,9 @@ def calibrated(tiny_project):
         p["plan"].update(fractions=FRACTIONS, bootstrap=10, crossover_range=[1, 1e9])
     set_params(tiny_project, edit)
     params = load_params()
+    dictionary = Path("data/bin/mt") / f"dict.{params.data.translation.target}.txt"  # 4 specials + 96: 100 symbols
+    dictionary.parent.mkdir(parents=True, exist_ok=True)
+    dictionary.write_text("".join(f"w{i} {100 - i}\n" for i in range(96)))
     for stage, kind in (("pretrain", "mlm"), ("train_mt", "mt")):
         for name, rate in RATES.items():
             n = model_non_embedding_params(params.models.mlm[name], kind)
@@ -217,8 +253,14 @@ def test_plan_stage_writes_the_plan_from_calibration_curves(calibrated):
     assert all("full" not in p for p in mt["predictions"])
     assert {(x["small"], x["large"]) for x in mlm["crossovers"]} == {("T1", "T3"), ("T3", "T2")}
     assert mlm["best"] in ("T1", "T2", "T3")
+    eps = load_params().train_mt.recipe.label_smoothing
+    assert eps > 0 and mlm["floor"]["bits"] == 0
+    assert mt["floor"]["bits"] == pytest.approx(label_smoothing_floor(eps, 100))
+    assert mt["law"]["E"] >= mt["floor"]["bits"]
+    assert mt["floor"]["why"].endswith("over the 100 symbols of data/bin/mt/dict.fr.txt")
     text = Path("reports/plan.md").read_text()
     assert "## Masked LM (pretrain)" in text and "## Translation (train_mt)" in text
+    assert text.count("E is held at or above") == 1 and f"E is held at or above {mt['floor']['bits']:.4g} bits" in text
     assert "18 points of the 9 calibration runs' curves with 6 free parameters: 3 degrees of freedom counted" in text
     assert "Prediction error at the full-budget runs" in text and "No full-budget run to compare" in text
     assert Path("reports/plan.png").stat().st_size > 10_000
@@ -302,6 +344,14 @@ def test_plan_stage_names_a_missing_calibration_run(calibrated):
     from stages import plan
     calibration_files("train_mt", "T2", 0.25)[0].unlink()
     with pytest.raises(StageError, match=r"train_mt-T2-0.25.csv: missing \(run `dvc repro plan/dvc.yaml`"):
+        plan.main([])
+
+
+def test_plan_stage_names_a_missing_translation_dictionary(calibrated):
+    from lib.errors import StageError
+    from stages import plan
+    (Path("data/bin/mt") / "dict.fr.txt").unlink()
+    with pytest.raises(StageError, match=r"data/bin/mt/dict.fr.txt: missing; translation's loss floor needs"):
         plan.main([])
 
 
