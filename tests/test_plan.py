@@ -231,6 +231,14 @@ def calibrated(tiny_project):
     dictionary = Path("data/bin/mt") / f"dict.{params.data.translation.target}.txt"  # 4 specials + 96: 100 symbols
     dictionary.parent.mkdir(parents=True, exist_ok=True)
     dictionary.write_text("".join(f"w{i} {100 - i}\n" for i in range(96)))
+    # epochs of the training splits (as prepare_mlm and prepare_mt count them): the masked LM's far longer than
+    # any run here, translation's 0.5M tokens, which the full budget's 0.6M-1.6M pass
+    Path("data/bin/mlm").mkdir(parents=True, exist_ok=True)
+    Path("data/bin/mlm/caps.json").write_text(json.dumps({"pieces": {"train": 10 ** 8}, "lines": {"train": 10 ** 6}}))
+    tr = params.data.translation
+    (dictionary.parent / "caps.json").write_text(json.dumps({"pieces": {f"train.{tr.source}": 200_000,
+                                                                        f"train.{tr.target}": 250_000},
+                                                             "pairs": {"train": 25_000}}))
     for stage, kind in (("pretrain", "mlm"), ("train_mt", "mt")):
         for name, rate in RATES.items():
             n = model_non_embedding_params(params.models.mlm[name], kind)
@@ -258,8 +266,12 @@ def test_plan_stage_writes_the_plan_from_calibration_curves(calibrated):
     assert mt["floor"]["bits"] == pytest.approx(label_smoothing_floor(eps, 100))
     assert mt["law"]["E"] >= mt["floor"]["bits"]
     assert mt["floor"]["why"].endswith("over the 100 symbols of data/bin/mt/dict.fr.txt")
+    assert mt["epoch_tokens"] == 500_000 and mlm["epoch_tokens"] == 101_000_000
+    assert all(p["epochs"] == pytest.approx(p["tokens"] / 500_000) for p in mt["predictions"])
+    assert {p["size"] for p in mt["predictions"] if p["epochs"] > max(1, p["calibrated_epochs"])} == {"T1", "T2", "T3"}
     text = Path("reports/plan.md").read_text()
     assert "## Masked LM (pretrain)" in text and "## Translation (train_mt)" in text
+    assert text.count("**Past the first epoch:**") == 1 and "T1 trains 3.2 epochs" in text.split("## Translation")[1]
     assert text.count("E is held at or above") == 1 and f"E is held at or above {mt['floor']['bits']:.4g} bits" in text
     assert "18 points of the 9 calibration runs' curves with 6 free parameters: 3 degrees of freedom counted" in text
     assert "Prediction error at the full-budget runs" in text and "No full-budget run to compare" in text
@@ -352,6 +364,14 @@ def test_plan_stage_names_a_missing_translation_dictionary(calibrated):
     from stages import plan
     (Path("data/bin/mt") / "dict.fr.txt").unlink()
     with pytest.raises(StageError, match=r"data/bin/mt/dict.fr.txt: missing; translation's loss floor needs"):
+        plan.main([])
+
+
+def test_plan_stage_names_a_missing_epoch_count(calibrated):
+    from lib.errors import StageError
+    from stages import plan
+    Path("data/bin/mlm/caps.json").unlink()
+    with pytest.raises(StageError, match=r"data/bin/mlm/caps.json: missing; the plan counts epochs .*prepare_mlm"):
         plan.main([])
 
 
