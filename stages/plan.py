@@ -6,8 +6,9 @@ stages/calibrate.py; plus the full-budget runs' when plan.fit_full_runs), S and 
 (lib/lr_area.py), with a bootstrap over the runs; maps a budget to the end of a run with each size's measured rate
 (tokens per second, or per update, from its calibration runs); and predicts each size's final valid loss at the
 target budget, the best size, and for adjacent sizes of the depth and the width sweep the budget where the larger
-overtakes the smaller. Where full-budget curves exist (reports/curves/), and for the check runs, compares them
-with the prediction. Writes reports/plan.md, reports/plan.json and reports/plan.png.
+overtakes the smaller, with the epochs of the training split each run would train (lib/objective.py). Where
+full-budget curves exist (reports/curves/), and for the check runs, compares them with the prediction. Writes
+reports/plan.md (its text: lib/plan_markdown.py), reports/plan.json and reports/plan.png.
 
 Usage: python -m stages.plan
 """
@@ -21,8 +22,8 @@ import pandas as pd
 from lib.calibration import PLAN_JSON, TASKS, budget_unit, candidates, curve_points, final_loss
 from lib.errors import log
 from lib.figures import colors_of, figure_legend, log_axis, plt, sns
-from lib.params import load_params
 from lib.objective import epoch_tokens, loss_floor
+from lib.params import load_params
 from lib.plan_checks import check_pairs, compared, ranking
 from lib.plan_markdown import markdown
 from lib.scaling import NAMES, bootstrap_laws, crossover, fit_law, free_parameters, interval
